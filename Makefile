@@ -1,0 +1,43 @@
+# Set-up and everyday commands. Every target installs what it needs first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo-appliance
+# Debian packages the tests and benchmarks drive for real.
+APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs
+APT_COMMANDS := tmux zstd age ganesha.nfsd
+PYTEST_ARGS ?=
+
+.PHONY: all venv sysdeps test demo bench clean
+
+all: test
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+sysdeps:
+	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages (missing:$$missing)"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+test: venv sysdeps
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+demo: venv
+	@[ -f $(DEMO_DIR)/config.toml ] || $(VENV)/bin/appliance-backup demo $(DEMO_DIR)
+	$(VENV)/bin/appliance-backup --config $(DEMO_DIR)/config.toml
+
+bench: venv sysdeps
+	$(PY) bench/backup_vs_peers.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis $(DEMO_DIR) bench/out

@@ -1,0 +1,320 @@
+"""Provides the `appliance-backup` command: the console, and headless subcommands for automation.
+
+With no subcommand it opens the console. Exit codes are those of
+backup.errors.ExitCode (documented in README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+from backup import __version__
+from backup.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config, resolve_config_path
+from backup.errors import BackupError, ConfigError, ExitCode
+from backup.journal import RunRecord
+from backup.progress import Progress
+from backup.secret import read_passphrase_file, validate_passphrase
+from backup.service import BackupService, StatusReport, describe
+
+PROG = "appliance-backup"
+
+EPILOG = f"""\
+configuration: --config PATH, else ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH}.
+
+exit codes:
+  0 success            1 failed (I/O or other)       2 usage or configuration error
+  3 DMS not set        4 wrong DMS                   5 integrity failure (tampered, truncated, not a backup)
+  6 lock held          7 storage unreachable/full    8 DMS already set
+  9 operator refused   10 backup not found           130 interrupted (SIGINT/SIGTERM)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code 2 matches ours
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Encrypted backups of this appliance: with no command, opens the console.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="PATH", help="the appliance's configuration file")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    sub.add_parser("run", help="back up now; prints the new backup's name")
+    p = sub.add_parser("list", help="backups in the storage, newest first")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("verify", help="decrypt and check every byte of a backup; changes nothing")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--passphrase-file", metavar="F", help="the DMS the backup was made with (another appliance's)")
+    p = sub.add_parser("restore", help="return the appliance to a backup's state")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--passphrase-file", metavar="F", help="the DMS the backup was made with (another appliance's)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p = sub.add_parser("status", help="current status, last successful backup, last error")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("secret", help="the Domain Master Secret (DMS)")
+    secret_sub = p.add_subparsers(dest="secret_command", metavar="ACTION", required=True, parser_class=_Parser)
+    s = secret_sub.add_parser("set", help="set the DMS (once for the appliance's lifetime)")
+    s.add_argument("--passphrase-file", metavar="F", help="read the DMS from the first line of F")
+    p = sub.add_parser("demo", help="create a self-contained demo appliance")
+    p.add_argument("dir", metavar="DIR", nargs="?", default="demo-appliance")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(dispatch(args) or ExitCode.OK)
+    except BackupError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted.", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return int(ExitCode.OK)
+    except Exception as exc:  # never a traceback on the operator's screen
+        if os.environ.get("APPLIANCE_BACKUP_DEBUG"):
+            raise
+        print(f"{PROG}: {describe(exc)} (set APPLIANCE_BACKUP_DEBUG=1 to see where)", file=sys.stderr)
+        return int(ExitCode.FAILED)
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    if args.command == "demo":
+        return cmd_demo(args)
+    config = load_config(resolve_config_path(args.config))
+    if args.command is None:
+        from tui.app import run_console  # Textual is imported only for the console
+
+        return run_console(config)
+    service = BackupService(config)
+    service.recover()
+    handler = {
+        "run": cmd_run, "list": cmd_list, "verify": cmd_verify, "restore": cmd_restore,
+        "status": cmd_status, "secret": cmd_secret,
+    }[args.command]
+    return handler(service, args)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT ask the running operation to stop cleanly instead of killing it mid-write."""
+    cancel = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        cancel.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield cancel
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _ProgressLine:
+    """A one-line progress display on stderr when it is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        pct = f"{p.fraction * 100:5.1f}%" if p.fraction is not None else "     "
+        rate = f"{human_bytes(p.throughput)}/s" if p.throughput else ""
+        sys.stderr.write(f"\r{pct} {p.stage[:40]:<40} {human_bytes(p.done):>10} {rate:>12}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 79 + "\r")
+
+
+def cmd_run(service: BackupService, args: argparse.Namespace) -> int:
+    line = _ProgressLine()
+    with stop_on_signals() as cancel:
+        try:
+            result = service.run_backup(progress=line, cancel=cancel)
+        finally:
+            line.close()
+    print(result.name)
+    return ExitCode.OK
+
+
+def cmd_list(service: BackupService, args: argparse.Namespace) -> int:
+    backups = service.list_backups()
+    if args.json:
+        print(json.dumps([{"name": b.name, "size": b.size, "created_at": b.created_at.isoformat()} for b in backups], indent=2))
+        return ExitCode.OK
+    if not backups:
+        print(f"No backups in the {service.storage.description}.", file=sys.stderr)
+    for b in backups:
+        print(f"{b.name}  {human_bytes(b.size):>10}  {b.created_at.astimezone():%Y-%m-%d %H:%M:%S %Z}")
+    return ExitCode.OK
+
+
+def _passphrase(args: argparse.Namespace) -> str | None:
+    return read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
+
+
+def cmd_verify(service: BackupService, args: argparse.Namespace) -> int:
+    line = _ProgressLine()
+    with stop_on_signals() as cancel:
+        try:
+            result = service.verify(args.name, passphrase=_passphrase(args), progress=line, cancel=cancel)
+        finally:
+            line.close()
+    print(f"{result.name}: OK ({result.files} files, {human_bytes(result.bytes)}, authenticated and checksums match)")
+    return ExitCode.OK
+
+
+def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
+    passphrase = _passphrase(args)
+    appliance = service.config.appliance
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("Restore replaces the appliance's state: confirm with --yes when there is no terminal to ask on.")
+        print(f"Restoring {args.name} replaces, on this appliance:\n"
+              f"  the firmware configuration  {appliance.firmware}\n"
+              f"  the system configuration    {appliance.system}\n"
+              f"  the internal database       {appliance.database}\n"
+              "The current state is kept as a rollback copy in the state directory.")
+        if input("Type 'yes' to restore: ").strip().lower() != "yes":
+            print("Restore cancelled; nothing was changed.")
+            return ExitCode.OK
+    line = _ProgressLine()
+    with stop_on_signals() as cancel:
+        try:
+            result = service.restore(args.name, passphrase=passphrase, progress=line, cancel=cancel)
+        finally:
+            line.close()
+    print(f"Restored {result.name} ({result.files} files). The previous state is kept in {result.rollback_dir}.")
+    return ExitCode.OK
+
+
+def status_json(report: StatusReport) -> dict[str, Any]:
+    def run(r: RunRecord | None) -> dict[str, Any] | None:
+        if r is None:
+            return None
+        return {"name": r.name, "started_at": r.started_at.isoformat(),
+                "ended_at": r.ended_at.isoformat() if r.ended_at else None, "result": r.result,
+                "size": r.size, "duration": r.duration, "error": r.error}
+
+    last_error = None
+    if report.last_failure is not None:
+        last_error = {"at": report.last_failure.ended_at.isoformat() if report.last_failure.ended_at else None,
+                      "result": report.last_failure.result, "message": report.last_failure.error}
+    return {
+        "status": report.state,
+        "task": report.task,
+        "progress": report.progress,
+        "last_successful_backup": run(report.last_success),
+        "last_error": last_error,
+        "next_scheduled_backup": report.next_scheduled.isoformat() if report.next_scheduled else None,
+        "schedule": "enabled" if report.next_scheduled else "Schedule Disabled",
+        "dms_set": report.secret.is_set,
+        "dms_set_at": report.secret.set_at.isoformat() if report.secret.set_at else None,
+        "storage": report.storage,
+        "recent_runs": [run(r) for r in report.recent],
+    }
+
+
+def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
+    report = service.status()
+    if args.json:
+        print(json.dumps(status_json(report), indent=2))
+        return ExitCode.OK
+    print(f"Current Backup Status:          {report.state}" + (f" ({report.task})" if report.task else ""))
+    if report.progress:
+        p = report.progress
+        total = f" of {human_bytes(p['total'])}" if p.get("total") else ""
+        print(f"  {p.get('stage', '')}: {human_bytes(p.get('done', 0))}{total}")
+    if report.last_success and report.last_success.ended_at:
+        when = report.last_success.ended_at
+        print(f"Last Successful Backup:         {when:%Y-%m-%d %H:%M:%S %Z} ({ago(when, service.clock())}) {report.last_success.name}")
+    else:
+        print("Last Successful Backup:         none yet")
+    print("Next Scheduled Backup:          " + (f"{report.next_scheduled:%Y-%m-%d %H:%M %Z}" if report.next_scheduled else "Schedule Disabled"))
+    if report.last_failure:
+        print(f"Last backup could not be made:  {report.last_failure.error}")
+    if not report.secret.is_set:
+        print("Domain Master Secret:           not set (no backup can be made until it is)")
+    print(f"Storage:                        {report.storage}")
+    return ExitCode.OK
+
+
+def cmd_secret(service: BackupService, args: argparse.Namespace) -> int:
+    if args.passphrase_file:
+        passphrase = read_passphrase_file(args.passphrase_file)
+    else:
+        if not sys.stdin.isatty():
+            raise ConfigError("There is no terminal to type the secret on: use --passphrase-file F.")
+        service.secret.ensure_not_set()  # say so before asking for anything
+        passphrase = getpass.getpass("New Domain Master Secret (at least 8 characters): ")
+        repeated = getpass.getpass("Type it again: ")
+        problem = validate_passphrase(passphrase, repeated)
+        if problem:
+            raise ConfigError(problem)
+    info = service.set_secret(passphrase)
+    print(f"The Domain Master Secret is set ({info.set_at:%Y-%m-%d %H:%M %Z}). Keep a copy in a safe place: "
+          "restoring on another appliance needs it, and it cannot be shown or set again.")
+    return ExitCode.OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from backup.demo import create_demo_appliance
+
+    directory = Path(args.dir).resolve()
+    config = create_demo_appliance(directory)
+    print(f"Created a demo appliance in {directory}:\n"
+          f"  configuration   {config}\n"
+          f"  firmware        {directory / 'firmware'}\n"
+          f"  system          {directory / 'system'}\n"
+          f"  database        {directory / 'internal.db'}\n"
+          f"  backups go to   {directory / 'backups'}\n"
+          "Try:\n"
+          f"  {PROG} --config {config}                   # the console\n"
+          f"  {PROG} --config {config} secret set        # set the Domain Master Secret once\n"
+          f"  {PROG} --config {config} run               # back up now\n"
+          f"  {PROG} --config {config} list\n"
+          f"  {PROG} --config {config} status")
+    return ExitCode.OK
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def ago(when: datetime, now: datetime) -> str:
+    seconds = int((now - when).total_seconds())
+    if seconds < 60:
+        return "just now" if seconds >= 0 else "in the future"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return "just now"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

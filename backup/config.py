@@ -1,0 +1,208 @@
+"""Provides the appliance configuration: typed, validated, written back atomically.
+
+The TOML keys under [appliance], [state], [storage] and [backup] are a contract
+that outside checks rely on. Keys this module does not know are kept as they
+are when the file is written back.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from backup.errors import ConfigError
+from backup.fsutil import atomic_write_text
+
+DEFAULT_CONFIG_PATH = Path("/etc/appliance-backup/config.toml")
+CONFIG_ENV = "APPLIANCE_BACKUP_CONFIG"
+
+STORAGE_TYPES = ("none", "local", "nfs")
+NFS_VERSIONS = ("4", "4.1", "4.2")
+PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+@dataclass(frozen=True)
+class ApplianceConfig:
+    name: str
+    """The appliance's name, written into every backup's manifest and file name."""
+    firmware: Path
+    """Directory holding the firmware configuration."""
+    system: Path
+    """Directory holding the system configuration."""
+    database: Path
+    """SQLite file of the internal database."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    type: str = "none"
+    path: Path | None = None
+    """Directory of a "local" storage."""
+    url: str | None = None
+    """`nfs://host[:port]/export/dir` of an "nfs" storage."""
+    version: str | None = None
+    """NFS version: "4", "4.1" or "4.2"."""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    """The file this configuration was read from."""
+    appliance: ApplianceConfig
+    state_dir: Path
+    storage: StorageConfig
+    prefix: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """The whole parsed document, unknown keys included."""
+
+
+def resolve_config_path(arg: str | os.PathLike[str] | None) -> Path:
+    """The config file to use: `--config`, else $APPLIANCE_BACKUP_CONFIG, else the system default."""
+    if arg:
+        return Path(arg)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH
+
+
+def validate_prefix(prefix: str) -> str | None:
+    """Return a sentence saying what is wrong with a backup filename prefix, or None if it is fine."""
+    if prefix == "":
+        return None
+    if not PREFIX_RE.fullmatch(prefix):
+        return (
+            f"The filename prefix {prefix!r} is not allowed: use 1 to 32 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (or leave it empty)."
+        )
+    return None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the configuration file at `path`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"The configuration file {path} does not exist: pass --config PATH, set ${CONFIG_ENV}, "
+            "or create it (`appliance-backup demo` makes an example)."
+        ) from None
+    except PermissionError:
+        raise ConfigError(f"The configuration file {path} cannot be read (permission denied): run as a user that may read it.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"The configuration path {path} is a directory: pass the path of the config.toml file.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"The configuration file {path} is not UTF-8 text: restore it from a copy or recreate it.") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"The configuration file {path} is not valid TOML ({exc}): fix that line.") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> Config:
+    """Validate a parsed document; every error names the file, the key and the fix."""
+    reader = _Reader(raw, path)
+    name = reader.string("appliance", "name")
+    if not NAME_RE.fullmatch(name):
+        reader.fail("appliance", "name", "must be 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    appliance = ApplianceConfig(
+        name=name,
+        firmware=reader.abs_path("appliance", "firmware"),
+        system=reader.abs_path("appliance", "system"),
+        database=reader.abs_path("appliance", "database"),
+    )
+    state_dir = reader.abs_path("state", "dir")
+
+    storage_type = reader.string("storage", "type", default="none")
+    if storage_type not in STORAGE_TYPES:
+        reader.fail("storage", "type", f"is {storage_type!r}; it must be one of " + ", ".join(repr(t) for t in STORAGE_TYPES))
+    storage = StorageConfig(type=storage_type)
+    if storage_type == "local":
+        storage = StorageConfig(type="local", path=reader.abs_path("storage", "path"))
+    elif storage_type == "nfs":
+        url = reader.string("storage", "url")
+        version = reader.string("storage", "version", default="4.1")
+        if version not in NFS_VERSIONS:
+            reader.fail("storage", "version", f"is {version!r}; it must be one of \"4\", \"4.1\" or \"4.2\"")
+        storage = StorageConfig(type="nfs", url=url, version=version)
+
+    prefix = reader.string("backup", "prefix", default="")
+    problem = validate_prefix(prefix)
+    if problem:
+        raise ConfigError(f"In {path}, [backup] prefix: {problem}")
+    return Config(path=path, appliance=appliance, state_dir=state_dir, storage=storage, prefix=prefix, raw=raw)
+
+
+def update_config(config: Config, changes: dict[str, dict[str, Any]]) -> Config:
+    """Write `changes` (section -> key -> value; a value of None removes the key) into the
+    config file atomically, keeping every other key, and return the new configuration.
+
+    The result is validated as a whole before anything is written, so a bad
+    change leaves the file as it was.
+    """
+    raw = copy.deepcopy(config.raw)
+    for section, values in changes.items():
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"In {config.path}, [{section}] is not a table: fix the file by hand.")
+        for key, value in values.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = str(value) if isinstance(value, Path) else value
+    new = parse_config(raw, config.path)
+    mode = 0o644
+    try:
+        mode = config.path.stat().st_mode & 0o777
+    except OSError:
+        pass
+    try:
+        atomic_write_text(config.path, tomli_w.dumps(raw), mode=mode)
+    except OSError as exc:
+        raise ConfigError(f"The configuration file {config.path} could not be written ({exc.strerror}): check the directory's permissions and free space.") from None
+    return new
+
+
+class _Reader:
+    def __init__(self, raw: dict[str, Any], path: Path) -> None:
+        self.raw = raw
+        self.path = path
+
+    def fail(self, section: str, key: str, problem: str) -> None:
+        raise ConfigError(f"In {self.path}, [{section}] {key} {problem}.")
+
+    def _table(self, section: str) -> dict[str, Any]:
+        table = self.raw.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"In {self.path}, {section} must be a table: write it as [{section}] followed by its keys.")
+        return table
+
+    def string(self, section: str, key: str, default: str | None = None) -> str:
+        table = self._table(section)
+        if key not in table:
+            if default is not None:
+                return default
+            self.fail(section, key, "is missing: add it")
+        value = table[key]
+        if not isinstance(value, str):
+            self.fail(section, key, f"must be a string in quotes, not {value!r}")
+        return value
+
+    def abs_path(self, section: str, key: str) -> Path:
+        value = self.string(section, key)
+        if not value:
+            self.fail(section, key, "is empty: give an absolute path")
+        path = Path(value)
+        if not path.is_absolute():
+            self.fail(section, key, f"is the relative path {value!r}: give an absolute path such as /var/lib/{value}")
+        return path

@@ -1,0 +1,66 @@
+"""Provides consistent copies of the internal SQLite database, taken and put back live.
+
+Both directions use SQLite's online backup API, so the appliance may keep its
+own connections open: a snapshot sees one committed state, and a restore
+replaces the whole database in one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from backup.errors import BackupError, ConfigError
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def snapshot(source: Path, dest: Path) -> int:
+    """Copy a consistent snapshot of the database at `source` into the new file `dest`; return its size."""
+    if not source.exists():
+        raise ConfigError(f"The internal database {source} does not exist: check [appliance] database in the configuration.")
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        raise BackupError(f"The internal database {source} cannot be opened ({exc}).") from None
+    try:
+        dst = sqlite3.connect(dest)
+        try:
+            # One step: the whole copy is read inside a single read transaction, so it is consistent
+            # even while the appliance writes (WAL lets it keep writing meanwhile).
+            src.backup(dst, pages=-1)
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"The internal database {source} could not be copied ({exc}): is it locked by a long write?") from None
+    finally:
+        src.close()
+    return dest.stat().st_size
+
+
+def check(path: Path) -> str | None:
+    """None if the database file at `path` passes integrity_check, else what SQLite reported."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = con.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    result = "; ".join(r[0] for r in rows)
+    return None if result == "ok" else result
+
+
+def restore_into(staged: Path, live: Path) -> None:
+    """Replace the contents of the live database with the staged copy, in one transaction."""
+    src = sqlite3.connect(f"file:{staged}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(live, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            src.backup(dst, pages=-1)
+        finally:
+            dst.close()
+    finally:
+        src.close()

@@ -1,0 +1,361 @@
+"""Provides the payload of a backup: a zstd-compressed tar stream, manifest first.
+
+Members, in order:
+  manifest.json          what is inside (written before any component)
+  firmware/...           the firmware configuration directory
+  system/...             the system configuration directory
+  database/internal.db   a consistent SQLite snapshot of the internal database
+  checksums.json         SHA-256 of every file and of every component
+
+The checksums come last because the payload is written in one streaming pass;
+the manifest comes first so a backup's details need only its first chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Iterator
+
+import zstandard
+
+from backup.errors import IntegrityError, UnsafeArchiveError
+from backup.progress import Tracker
+
+MANIFEST_NAME = "manifest.json"
+CHECKSUMS_NAME = "checksums.json"
+DIRECTORY_COMPONENTS = ("firmware", "system")
+DATABASE_MEMBER = "database/internal.db"
+COMPONENTS = ("firmware", "system", "database")
+EXCLUDED = (
+    "The HSM (hardware security module) and its keys: never part of a backup.",
+    "External databases: never part of a backup.",
+)
+READ_SIZE = 1 << 20
+BLOCK = tarfile.BLOCKSIZE
+MAX_MANIFEST = 1 << 20
+MAX_CHECKSUMS = 64 << 20
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One file, directory or symlink of a component, as scanned before the backup."""
+
+    arcname: str
+    path: Path
+    kind: str  # "file", "dir", "symlink"
+    size: int
+    mode: int
+    mtime: float
+    uid: int
+    gid: int
+    link: str = ""
+
+
+@dataclass
+class ComponentScan:
+    name: str
+    source: Path
+    entries: list[SourceEntry] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> int:
+        return sum(1 for e in self.entries if e.kind == "file")
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.size for e in self.entries if e.kind == "file")
+
+
+def scan_directory(name: str, root: Path) -> ComponentScan:
+    """Every entry below `root`, sorted, as members under `name/`. Sockets, fifos and devices are skipped."""
+    scan = ComponentScan(name=name, source=root)
+    st = os.lstat(root)
+    scan.entries.append(_entry(name, root, st))
+
+    def walk(directory: Path, prefix: str) -> None:
+        with os.scandir(directory) as it:
+            items = sorted(it, key=lambda d: d.name)
+        for item in items:
+            arcname = f"{prefix}/{item.name}"
+            st = item.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                scan.entries.append(_entry(arcname, Path(item.path), st))
+                walk(Path(item.path), arcname)
+            elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                scan.entries.append(_entry(arcname, Path(item.path), st))
+            else:
+                scan.skipped.append(arcname)
+
+    walk(root, name)
+    return scan
+
+
+def _entry(arcname: str, path: Path, st: os.stat_result) -> SourceEntry:
+    if stat.S_ISDIR(st.st_mode):
+        kind, size, link = "dir", 0, ""
+    elif stat.S_ISLNK(st.st_mode):
+        kind, size, link = "symlink", 0, os.readlink(path)
+    else:
+        kind, size, link = "file", st.st_size, ""
+    return SourceEntry(arcname=arcname, path=path, kind=kind, size=size, mode=stat.S_IMODE(st.st_mode),
+                       mtime=st.st_mtime, uid=st.st_uid, gid=st.st_gid, link=link)
+
+
+def build_manifest(*, appliance: str, software_version: str, created_at: str, scans: list[ComponentScan],
+                   database_bytes: int, database_source: str) -> dict:
+    components = [
+        {"name": s.name, "kind": "directory", "source": str(s.source), "files": s.files, "bytes": s.bytes,
+         "skipped": s.skipped}
+        for s in scans
+    ]
+    components.append({"name": "database", "kind": "sqlite", "source": database_source, "files": 1,
+                       "bytes": database_bytes, "skipped": []})
+    return {
+        "format": "appliance-backup manifest",
+        "version": 1,
+        "appliance": appliance,
+        "software_version": software_version,
+        "created_at": created_at,
+        "components": components,
+        "total_bytes": sum(c["bytes"] for c in components),
+        "excluded": list(EXCLUDED),
+    }
+
+
+class PayloadWriter:
+    """Writes tar members through zstd into `sink` (the encrypting ArchiveWriter)."""
+
+    def __init__(self, sink: BinaryIO, tracker: Tracker, *, level: int = 3, threads: int = 2) -> None:
+        params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, write_checksum=True)
+        self._zstd = zstandard.ZstdCompressor(compression_params=params).stream_writer(sink, closefd=False)
+        self.tracker = tracker
+        self.files: dict[str, str] = {}
+        self.components: dict[str, hashlib._Hash] = {c: hashlib.sha256() for c in COMPONENTS}
+
+    def add_bytes(self, arcname: str, data: bytes, *, mtime: float) -> None:
+        info = tarfile.TarInfo(arcname)
+        info.size = len(data)
+        info.mode = 0o600
+        info.mtime = int(mtime)
+        self._header(info)
+        self._zstd.write(data)
+        self._pad(len(data))
+
+    def add_entry(self, entry: SourceEntry) -> None:
+        info = tarfile.TarInfo(entry.arcname)
+        info.mode = entry.mode
+        info.mtime = int(entry.mtime)
+        info.uid, info.gid = entry.uid, entry.gid
+        if entry.kind == "dir":
+            info.type = tarfile.DIRTYPE
+            self._header(info)
+        elif entry.kind == "symlink":
+            info.type = tarfile.SYMTYPE
+            info.linkname = entry.link
+            self._header(info)
+        else:
+            self.add_file(entry.arcname, entry.path, entry.size, info)
+
+    def add_file(self, arcname: str, path: Path, size: int, info: tarfile.TarInfo | None = None) -> None:
+        """Stream a regular file; exactly `size` bytes go in, whatever the file does meanwhile."""
+        if info is None:
+            info = tarfile.TarInfo(arcname)
+            st = os.stat(path)
+            info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
+        info.size = size
+        digest = hashlib.sha256()
+        self._header(info)
+        left = size
+        with open(path, "rb") as f:
+            while left:
+                block = f.read(min(READ_SIZE, left))
+                if not block:
+                    raise OSError(f"{path} became shorter while it was being backed up")
+                left -= len(block)
+                digest.update(block)
+                self._zstd.write(block)
+                self.tracker.add(done=len(block))
+        self._pad(size)
+        hexdigest = digest.hexdigest()
+        self.files[arcname] = hexdigest
+        component = arcname.split("/", 1)[0]
+        self.components[component].update(f"{hexdigest}  {arcname}\n".encode("utf-8", "surrogateescape"))
+
+    def checksums(self) -> dict:
+        return {"files": self.files, "components": {c: h.hexdigest() for c, h in self.components.items()}}
+
+    def close(self) -> None:
+        data = json.dumps(self.checksums(), sort_keys=True).encode()
+        self.add_bytes(CHECKSUMS_NAME, data, mtime=0)
+        self._zstd.write(b"\0" * (2 * BLOCK))
+        self._zstd.flush(zstandard.FLUSH_FRAME)
+        self._zstd.close()
+
+    def _header(self, info: tarfile.TarInfo) -> None:
+        self._zstd.write(info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"))
+
+    def _pad(self, size: int) -> None:
+        rest = size % BLOCK
+        if rest:
+            self._zstd.write(b"\0" * (BLOCK - rest))
+
+
+# ---------------------------------------------------------------- reading
+
+
+def open_tar_stream(archive: BinaryIO) -> tarfile.TarFile:
+    """A streaming tar reader over the decrypted, decompressed payload."""
+    reader = zstandard.ZstdDecompressor().stream_reader(archive, read_size=READ_SIZE, closefd=False)
+    return tarfile.open(fileobj=reader, mode="r|", encoding="utf-8", errors="surrogateescape")
+
+
+def read_manifest(archive: BinaryIO) -> dict:
+    """The manifest, read from the start of the payload only."""
+    try:
+        return _first_manifest(open_tar_stream(archive))
+    except (tarfile.TarError, zstandard.ZstdError, ValueError, EOFError) as exc:
+        raise IntegrityError(f"The backup's contents cannot be read ({_short(exc)}): it is damaged.") from None
+
+
+def _first_manifest(tar: tarfile.TarFile) -> dict:
+    member = tar.next()
+    if member is None or member.name != MANIFEST_NAME or not member.isfile() or member.size > MAX_MANIFEST:
+        raise IntegrityError("The backup holds no manifest where one must be: it was not written by appliance-backup.")
+    manifest = json.loads(tar.extractfile(member).read())
+    if not isinstance(manifest, dict) or manifest.get("format") != "appliance-backup manifest":
+        raise IntegrityError("The backup's manifest is not one appliance-backup wrote.")
+    if manifest.get("version") != 1:
+        raise IntegrityError(
+            f"The backup's manifest is version {manifest.get('version')!r}; this software reads version 1: "
+            "update appliance-backup to read it."
+        )
+    return manifest
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
+
+
+def safe_member_path(name: str) -> tuple[str, PurePosixPath]:
+    """Split a member name into its component and a path inside it; refuse anything that could escape."""
+    if "\0" in name or "\\" in name:
+        raise UnsafeArchiveError(f"The backup holds a member with a forbidden character in its name ({name!r}); restore refused.")
+    path = PurePosixPath(name)
+    if path.is_absolute():
+        raise UnsafeArchiveError(f"The backup holds a member with an absolute path ({name!r}); restore refused.")
+    if any(part in ("..", "") for part in name.rstrip("/").split("/")):
+        raise UnsafeArchiveError(f"The backup holds a member whose path leaves its folder ({name!r}); restore refused.")
+    component = path.parts[0]
+    if component not in COMPONENTS:
+        raise UnsafeArchiveError(f"The backup holds a member outside the known components ({name!r}); restore refused.")
+    return component, PurePosixPath(*path.parts[1:]) if len(path.parts) > 1 else PurePosixPath(".")
+
+
+def check_link(member: tarfile.TarInfo, inner: PurePosixPath) -> None:
+    """A symlink may only point inside its own component."""
+    target = member.linkname
+    if target.startswith("/"):
+        raise UnsafeArchiveError(f"The backup holds a link to an absolute path ({member.name!r} -> {target!r}); restore refused.")
+    depth = len(inner.parent.parts) if str(inner.parent) != "." else 0
+    for part in PurePosixPath(target).parts:
+        depth = depth - 1 if part == ".." else depth + (part != ".")
+        if depth < 0:
+            raise UnsafeArchiveError(f"The backup holds a link that points outside its folder ({member.name!r} -> {target!r}); restore refused.")
+
+
+@dataclass
+class PayloadSummary:
+    manifest: dict
+    checksums: dict
+    files: int = 0
+    bytes: int = 0
+
+
+class PayloadConsumer:
+    """Receives members while the payload is walked (verify: none; restore: extraction)."""
+
+    def directory(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> None: ...
+
+    def symlink(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> None: ...
+
+    def file(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> BinaryIO | None:
+        return None
+
+    def file_done(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo, handle: BinaryIO) -> None: ...
+
+
+def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer | None = None) -> PayloadSummary:
+    """Read the whole payload, check every member and every checksum, hand members to `consumer`.
+
+    Raises IntegrityError (or UnsafeArchiveError) on anything that is not as written.
+    """
+    consumer = consumer or PayloadConsumer()
+    try:
+        tar = open_tar_stream(archive)
+        manifest = _first_manifest(tar)
+        files: dict[str, str] = {}
+        components = {c: hashlib.sha256() for c in COMPONENTS}
+        checksums = None
+        summary = PayloadSummary(manifest=manifest, checksums={})
+        while (member := tar.next()) is not None:
+            if checksums is not None:
+                raise IntegrityError(f"The backup holds a member after its checksums ({member.name!r}).")
+            if member.name == CHECKSUMS_NAME:
+                if not member.isfile() or member.size > MAX_CHECKSUMS:
+                    raise IntegrityError("The backup's checksum list is malformed.")
+                checksums = json.loads(tar.extractfile(member).read())
+                continue
+            component, inner = safe_member_path(member.name)
+            if member.isdir():
+                consumer.directory(component, inner, member)
+            elif member.issym():
+                check_link(member, inner)
+                consumer.symlink(component, inner, member)
+            elif member.isreg():
+                digest = hashlib.sha256()
+                handle = consumer.file(component, inner, member)
+                source = tar.extractfile(member)
+                while True:
+                    block = source.read(READ_SIZE)
+                    if not block:
+                        break
+                    digest.update(block)
+                    if handle is not None:
+                        handle.write(block)
+                    tracker.add(done=len(block))
+                if handle is not None:
+                    consumer.file_done(component, inner, member, handle)
+                hexdigest = digest.hexdigest()
+                files[member.name] = hexdigest
+                components[component].update(f"{hexdigest}  {member.name}\n".encode("utf-8", "surrogateescape"))
+                summary.files += 1
+                summary.bytes += member.size
+            else:
+                raise UnsafeArchiveError(
+                    f"The backup holds a member of a type it never writes ({member.name!r}: hard link, device or fifo); restore refused."
+                )
+        # Drain to the end so the final chunk is authenticated too.
+        while archive.read(READ_SIZE):
+            pass
+    except (tarfile.TarError, zstandard.ZstdError, ValueError, EOFError) as exc:
+        raise IntegrityError(f"The backup's contents cannot be read ({_short(exc)}): it is damaged.") from None
+    if checksums is None:
+        raise IntegrityError("The backup ends before its checksum list: it is incomplete.")
+    expected_files = checksums.get("files", {}) if isinstance(checksums, dict) else {}
+    if expected_files != files:
+        bad = sorted(set(expected_files.items()) ^ set(files.items()))[:3]
+        raise IntegrityError(f"The backup's files do not match its checksums (first differences: {bad}).")
+    for component, digest in components.items():
+        if checksums.get("components", {}).get(component) != digest.hexdigest():
+            raise IntegrityError(f"The {component} component does not match its checksum.")
+    summary.checksums = checksums
+    return summary

@@ -1,0 +1,159 @@
+"""Provides the Domain Master Secret (DMS): set once, kept only as a derived key.
+
+The appliance never stores the passphrase. When the DMS is set, a random salt
+is drawn and scrypt derives the key-encryption key (KEK) that wraps each
+backup's file key. The KEK, its salt and parameters are kept in the state
+directory (mode 0600) so scheduled backups run unattended; restoring on
+another appliance needs the passphrase itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from backup.archive import KeyEncryptionKey, ScryptParams, derive_kek, new_salt
+from backup.errors import ConfigError, DmsAlreadySetError, DmsNotSetError
+from backup.fsutil import atomic_write_text, ensure_private_dir
+
+MIN_LENGTH = 8
+KEY_FILE = "dms.key"
+ALREADY_SET = "The Domain Master Secret is already set and can only be set once: every backup depends on it."
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """What may be shown about the DMS: whether and when it was set, never the secret."""
+
+    is_set: bool
+    set_at: datetime | None = None
+
+
+def normalize(passphrase: str) -> str:
+    """The form every passphrase is compared and derived in (Unicode NFC)."""
+    return unicodedata.normalize("NFC", passphrase)
+
+
+def validate_passphrase(passphrase: str, repeated: str | None = None) -> str | None:
+    """A sentence saying what is wrong with a new DMS, or None when it is acceptable."""
+    text = normalize(passphrase)
+    if len(text) < MIN_LENGTH:
+        return f"The Domain Master Secret must be at least {MIN_LENGTH} characters long (it has {len(text)})."
+    if not text.strip():
+        return "The Domain Master Secret cannot be only spaces."
+    if repeated is not None and normalize(repeated) != text:
+        return "The two entries of the Domain Master Secret do not match: type the same secret twice."
+    return None
+
+
+def read_passphrase_file(path: str | os.PathLike[str]) -> str:
+    """The passphrase held on the first line of `path` (its line ending removed)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline()
+    except FileNotFoundError:
+        raise ConfigError(f"The passphrase file {path} does not exist.") from None
+    except PermissionError:
+        raise ConfigError(f"The passphrase file {path} cannot be read (permission denied).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"The passphrase file {path} is not UTF-8 text.") from None
+    return line.rstrip("\r\n")
+
+
+class DomainMasterSecret:
+    """The DMS of one appliance, kept as a KEK in `state_dir`."""
+
+    def __init__(self, state_dir: Path, *, params: ScryptParams | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / KEY_FILE
+        self.params = params or ScryptParams()
+
+    def info(self) -> SecretInfo:
+        try:
+            data = self._read()
+        except DmsNotSetError:
+            return SecretInfo(is_set=False)
+        return SecretInfo(is_set=True, set_at=datetime.fromisoformat(data["set_at"]))
+
+    def is_set(self) -> bool:
+        return self.path.exists()
+
+    def set(self, passphrase: str, *, now: datetime) -> SecretInfo:
+        """Derive and store the KEK. Refused when a DMS is already set: it is set once."""
+        problem = validate_passphrase(passphrase)
+        if problem:
+            raise ConfigError(problem)
+        self.ensure_not_set()
+        ensure_private_dir(self.state_dir)
+        kek = derive_kek(normalize(passphrase), new_salt(), self.params)
+        data = {
+            "version": 1,
+            "kdf": "scrypt",
+            "log2_n": kek.params.log2_n,
+            "r": kek.params.r,
+            "p": kek.params.p,
+            "salt": kek.salt.hex(),
+            "cipher": kek.cipher,
+            "kek": kek.key.hex(),
+            "set_at": now.isoformat(),
+        }
+        # O_EXCL closes the race between two processes setting it at once.
+        tmp = self.path.with_name(f".{KEY_FILE}.{os.getpid()}.tmp")
+        atomic_write_text(tmp, json.dumps(data), mode=0o600)
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise DmsAlreadySetError(ALREADY_SET) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return SecretInfo(is_set=True, set_at=now)
+
+    def ensure_not_set(self) -> None:
+        """Raise DmsAlreadySetError when the DMS is set (it can be set only once)."""
+        if self.is_set():
+            raise DmsAlreadySetError(ALREADY_SET)
+
+    def kek(self) -> KeyEncryptionKey:
+        """The stored key-encryption key; DmsNotSetError when no DMS was set."""
+        data = self._read()
+        try:
+            return KeyEncryptionKey(
+                key=bytes.fromhex(data["kek"]),
+                salt=bytes.fromhex(data["salt"]),
+                params=ScryptParams(log2_n=int(data["log2_n"]), r=int(data["r"]), p=int(data["p"])),
+                cipher=data.get("cipher", "aes-256-gcm"),
+            )
+        except (KeyError, ValueError, TypeError):
+            raise ConfigError(
+                f"The key file {self.path} is damaged: restore it from the state directory's backup copy; "
+                "without it new backups cannot be made with the existing secret."
+            ) from None
+
+    def check(self, passphrase: str) -> bool:
+        """Whether `passphrase` is the DMS (slowed by the KDF on purpose; reveals nothing else)."""
+        kek = self.kek()
+        candidate = derive_kek(normalize(passphrase), kek.salt, kek.params, cipher=kek.cipher)
+        return hmac.compare_digest(candidate.key, kek.key)
+
+    def _read(self) -> dict:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DmsNotSetError(
+                "No Domain Master Secret is set, so no backup can be created: set it once with "
+                "`appliance-backup secret set` or on the console's Settings screen."
+            ) from None
+        except PermissionError:
+            raise ConfigError(f"The key file {self.path} cannot be read (permission denied): run as the appliance's backup user.") from None
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"The key file {self.path} is damaged: restore it from a copy.") from None
+        return data

@@ -1,0 +1,582 @@
+"""Provides BackupService: the one facade the console and the headless command call.
+
+Every operation takes its dependencies from the configuration and the clock
+passed in; long operations report through a progress callback and stop when
+their cancel event is set. Errors are the typed errors of backup.errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import tarfile
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable
+
+from backup import __version__, database
+from backup.archive import ArchiveReader, ArchiveWriter, KeyEncryptionKey, ScryptParams, opens_with, read_header
+from backup.config import Config
+from backup.errors import (
+    BackupError,
+    BackupNotFoundError,
+    ConfigError,
+    IntegrityError,
+    InterruptedRunError,
+    WrongDmsError,
+)
+from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
+from backup.journal import RunJournal, RunRecord
+from backup.lock import RunLock, is_locked, pid_alive, read_holder
+from backup.payload import (
+    DATABASE_MEMBER,
+    MANIFEST_NAME,
+    PayloadConsumer,
+    PayloadWriter,
+    build_manifest,
+    read_manifest,
+    scan_directory,
+    walk_payload,
+)
+from backup.progress import ProgressCallback, Tracker
+from backup.secret import DomainMasterSecret, SecretInfo
+from backup.storage import PARTIAL_SUFFIX, Storage, open_storage
+
+BACKUP_SUFFIX = ".abk"
+NAME_STAMP = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk$")
+PROGRESS_FILE_INTERVAL = 0.5
+
+
+def local_now() -> datetime:
+    return datetime.now().astimezone()
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """A backup file in the storage."""
+
+    name: str
+    size: int
+    created_at: datetime
+    """From the file name (UTC), else the file's modification time."""
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    name: str
+    size: int
+    duration: float
+    source_bytes: int
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    files: int
+    bytes: int
+    manifest: dict
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    name: str
+    rollback_dir: Path
+    """Where the replaced state was kept."""
+    files: int
+
+
+@dataclass(frozen=True)
+class BackupDetails:
+    name: str
+    size: int
+    cipher: str
+    chunk_size: int
+    opens_with_this_dms: bool
+    manifest: dict | None
+    """None when this appliance's DMS does not open the backup and no passphrase was given."""
+    last_verification: RunRecord | None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    running: bool
+    task: str | None
+    """What holds the lock: "backup" or "restore"."""
+    progress: dict | None
+    last_success: RunRecord | None
+    last_failure: RunRecord | None
+    """The most recent backup run, when it did not succeed."""
+    recent: list[RunRecord] = field(default_factory=list)
+    """Backup runs, newest first."""
+    secret: SecretInfo = field(default_factory=lambda: SecretInfo(False))
+    storage: str = ""
+    next_scheduled: datetime | None = None
+
+    @property
+    def state(self) -> str:
+        return "In Progress" if self.running else "Not Running"
+
+
+class BackupService:
+    def __init__(self, config: Config, *, clock: Callable[[], datetime] = local_now,
+                 kdf_params: ScryptParams | None = None, storage: Storage | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.state_dir = config.state_dir
+        self.journal = RunJournal(self.state_dir)
+        self.secret = DomainMasterSecret(self.state_dir, params=kdf_params)
+        self._storage = storage
+
+    # ------------------------------------------------------------ basics
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = open_storage(self.config)
+        return self._storage
+
+    def secret_info(self) -> SecretInfo:
+        return self.secret.info()
+
+    def set_secret(self, passphrase: str) -> SecretInfo:
+        return self.secret.set(passphrase, now=self.clock())
+
+    def check_secret(self, passphrase: str) -> bool:
+        return self.secret.check(passphrase)
+
+    def recover(self) -> list[RunRecord]:
+        """Close runs a dead process left open and undo what they left half done. Safe to call any time."""
+        if is_locked(self.state_dir):
+            return []
+        try:
+            with RunLock(self.state_dir, "recovery", now=self.clock()):
+                return self.recover_unlocked()
+        except BackupError:
+            return []
+
+    def recover_unlocked(self) -> list[RunRecord]:
+        """recover() for a caller that already holds the lock."""
+        closed = self.journal.recover(now=self.clock(), alive=pid_alive)
+        for run in closed:
+            if run.kind == "backup" and run.name:
+                self._remove_partial(run.name)
+            elif run.kind == "restore":
+                self._finish_interrupted_restore(run.id)
+        return closed
+
+    def _remove_partial(self, name: str) -> None:
+        try:
+            self.storage.delete(name + PARTIAL_SUFFIX)
+        except BackupError:
+            pass
+
+    def new_backup_name(self, now: datetime) -> str:
+        stamp = now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        prefix = f"{self.config.prefix}-" if self.config.prefix else ""
+        return f"{prefix}{self.config.appliance.name}-{stamp}-{secrets.token_hex(3)}{BACKUP_SUFFIX}"
+
+    # ------------------------------------------------------------ status
+
+    def status(self, *, recent: int = 20) -> StatusReport:
+        runs = [r for r in self.journal.runs() if r.kind == "backup"]
+        holder = read_holder(self.state_dir / "run.lock")
+        running = is_locked(self.state_dir)
+        last_success = next((r for r in reversed(runs) if r.result == "ok"), None)
+        finished = [r for r in runs if r.result is not None]
+        last_failure = finished[-1] if finished and finished[-1].result != "ok" else None
+        try:
+            storage = self.storage.description
+        except BackupError as exc:
+            storage = str(exc)
+        return StatusReport(
+            running=running,
+            task=holder.task if running and holder else None,
+            progress=self.journal.read_progress() if running else None,
+            last_success=last_success,
+            last_failure=last_failure,
+            recent=list(reversed(finished))[:recent],
+            secret=self.secret.info(),
+            storage=storage,
+        )
+
+    # ------------------------------------------------------------ backup
+
+    def run_backup(self, *, progress: ProgressCallback | None = None,
+                   cancel: threading.Event | None = None) -> BackupResult:
+        kek = self.secret.kek()
+        started = self.clock()
+        with RunLock(self.state_dir, "backup", now=started):
+            self.recover_unlocked()
+            name = self.new_backup_name(started)
+            run_id = self.journal.start("backup", now=started, name=name)
+            try:
+                result = self._write_backup(name, kek, progress, cancel, started)
+            except BaseException as exc:
+                self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
+                raise
+            self.journal.end(run_id, "ok", now=self.clock(), name=name, size=result.size)
+            return result
+
+    def _write_backup(self, name: str, kek: KeyEncryptionKey, progress: ProgressCallback | None,
+                      cancel: threading.Event | None, started: datetime) -> BackupResult:
+        appliance = self.config.appliance
+        scans = []
+        for component, key in (("firmware", appliance.firmware), ("system", appliance.system)):
+            if not key.is_dir():
+                raise ConfigError(
+                    f"The {component} configuration directory {key} does not exist: check [appliance] {component} in {self.config.path}."
+                )
+            try:
+                scans.append(scan_directory(component, key))
+            except PermissionError as exc:
+                raise BackupError(f"The {component} configuration cannot be read ({exc.filename}: permission denied): run the backup as root.") from None
+        tmp_dir = self.state_dir / "tmp"
+        ensure_private_dir(tmp_dir)
+        db_copy = tmp_dir / f"{name}.db"
+        publish = self._progress_publisher(progress)
+        tracker = Tracker("backup", publish, cancel)
+        try:
+            tracker.set_stage("Snapshotting the internal database")
+            db_bytes = database.snapshot(appliance.database, db_copy)
+            tracker.check_cancel()
+            manifest = build_manifest(
+                appliance=appliance.name, software_version=__version__, created_at=started.isoformat(),
+                scans=scans, database_bytes=db_bytes, database_source=str(appliance.database),
+            )
+            tracker.total = manifest["total_bytes"]
+            out = self.storage.create(name)
+            tracker.written_source = lambda: out.written
+            try:
+                archive = ArchiveWriter(out, kek)
+                payload = PayloadWriter(archive, tracker)
+                payload.add_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1).encode(), mtime=started.timestamp())
+                for scan in scans:
+                    tracker.set_stage(f"Archiving the {scan.name} configuration")
+                    for entry in scan.entries:
+                        payload.add_entry(entry)
+                        tracker.check_cancel()
+                tracker.set_stage("Archiving the internal database")
+                payload.add_file(DATABASE_MEMBER, db_copy, db_bytes)
+                payload.close()
+                archive.close()
+                tracker.set_stage("Writing the backup to storage")
+                out.commit()
+            except BaseException:
+                out.abort()
+                raise
+        finally:
+            db_copy.unlink(missing_ok=True)
+        size = out.written
+        tracker.set_stage("Done")
+        return BackupResult(name=name, size=size, duration=(self.clock() - started).total_seconds(),
+                            source_bytes=manifest["total_bytes"])
+
+    def _progress_publisher(self, progress: ProgressCallback | None) -> ProgressCallback:
+        last = [0.0]
+
+        def publish(p) -> None:
+            if progress is not None:
+                progress(p)
+            if p.elapsed - last[0] >= PROGRESS_FILE_INTERVAL or p.stage == "Done" or last[0] == 0.0:
+                last[0] = p.elapsed or 1e-9
+                try:
+                    self.journal.write_progress({"task": p.task, "stage": p.stage, "done": p.done, "total": p.total,
+                                                 "written": p.written, "elapsed": round(p.elapsed, 3)})
+                except OSError:
+                    pass
+
+        return publish
+
+    # ------------------------------------------------------------ listing and details
+
+    def list_backups(self) -> list[BackupInfo]:
+        """Backups in the storage, newest first."""
+        backups = []
+        for entry in self.storage.list(""):
+            if entry.is_dir or not entry.name.endswith(BACKUP_SUFFIX):
+                continue
+            backups.append(BackupInfo(name=entry.name, size=entry.size, created_at=created_at(entry.name, entry.mtime)))
+        backups.sort(key=lambda b: (b.created_at, b.name), reverse=True)
+        return backups
+
+    def _open(self, name: str) -> BinaryIO:
+        if "/" in name or name in ("", ".", ".."):
+            raise BackupNotFoundError(f"{name!r} is not a backup name: give a name as `list` shows it.")
+        return self.storage.open(name)
+
+    def _reader(self, source: BinaryIO, passphrase: str | None) -> ArchiveReader:
+        if passphrase is not None:
+            return ArchiveReader(source, passphrase=passphrase)
+        kek = self.secret.kek()
+        header = read_header(source)
+        source.seek(0)
+        if header.salt != kek.salt or header.params != kek.params:
+            raise WrongDmsError(
+                "This appliance's Domain Master Secret does not open this backup (it was made with another DMS, "
+                "perhaps on another appliance): give that DMS with --passphrase-file."
+            )
+        try:
+            return ArchiveReader(source, kek=kek)
+        except WrongDmsError:
+            raise WrongDmsError(
+                "This appliance's Domain Master Secret does not open this backup: give the DMS it was made with "
+                "with --passphrase-file."
+            ) from None
+
+    def details(self, name: str, *, passphrase: str | None = None) -> BackupDetails:
+        info = self.storage.stat(name)
+        with self._open(name) as source:
+            header = read_header(source)
+            source.seek(0)
+            try:
+                kek = self.secret.kek()
+                opens = opens_with(header, kek)
+            except BackupError:
+                opens = False
+            manifest = None
+            if opens or passphrase is not None:
+                manifest = read_manifest(self._reader(source, passphrase))
+        verifications = [r for r in self.journal.runs() if r.kind == "verify" and r.name == name and r.result]
+        return BackupDetails(name=name, size=info.size, cipher=header.cipher, chunk_size=header.chunk_size,
+                             opens_with_this_dms=opens, manifest=manifest,
+                             last_verification=verifications[-1] if verifications else None)
+
+    # ------------------------------------------------------------ verify
+
+    def verify(self, name: str, *, passphrase: str | None = None, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> VerifyResult:
+        """Decrypt, authenticate and check every byte of a backup; nothing is written."""
+        run_id = self.journal.start("verify", now=self.clock(), name=name)
+        try:
+            with self._open(name) as source:
+                reader = self._reader(source, passphrase)
+                tracker = Tracker("verify", progress, cancel, written=lambda: source.tell())
+                tracker.set_stage("Verifying")
+                summary = walk_payload(reader, tracker)
+                tracker.written_source = None
+        except BaseException as exc:
+            self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
+            raise
+        self.journal.end(run_id, "ok", now=self.clock(), name=name)
+        return VerifyResult(name=name, files=summary.files, bytes=summary.bytes, manifest=summary.manifest)
+
+    # ------------------------------------------------------------ restore
+
+    def restore(self, name: str, *, passphrase: str | None = None, progress: ProgressCallback | None = None,
+                cancel: threading.Event | None = None) -> RestoreResult:
+        """Return the appliance to the backup's state; on any failure the previous state stays or comes back."""
+        started = self.clock()
+        with RunLock(self.state_dir, "restore", now=started):
+            self.recover_unlocked()
+            run_id = self.journal.start("restore", now=started, name=name)
+            try:
+                result = self._restore(name, passphrase, progress, cancel, run_id)
+            except BaseException as exc:
+                self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
+                raise
+            self.journal.end(run_id, "ok", now=self.clock(), name=name)
+            return result
+
+    def _restore(self, name: str, passphrase: str | None, progress: ProgressCallback | None,
+                 cancel: threading.Event | None, run_id: str) -> RestoreResult:
+        appliance = self.config.appliance
+        paths = self._restore_paths(run_id)
+        targets = {"firmware": appliance.firmware, "system": appliance.system}
+        stages = {c: paths[f"{c}.stage"] for c in targets}
+        db_stage = paths["database.stage"]
+        tracker = Tracker("restore", progress, cancel)
+        try:
+            with self._open(name) as source:
+                reader = self._reader(source, passphrase)
+                tracker.written_source = source.tell
+                tracker.set_stage("Decrypting and checking the backup")
+                consumer = _Extractor(stages, db_stage)
+                summary = walk_payload(reader, tracker, consumer)
+                tracker.written_source = None
+            consumer.finish()
+            problem = database.check(db_stage)
+            if problem:
+                raise IntegrityError(f"The database in the backup fails SQLite's integrity check ({problem}); nothing was changed.")
+            tracker.set_stage("Replacing the appliance's state")
+            rollback_dir = self._swap_in(targets, stages, db_stage, run_id)
+        finally:
+            for stage in stages.values():
+                shutil.rmtree(stage, ignore_errors=True)
+            db_stage.unlink(missing_ok=True)
+        tracker.set_stage("Done")
+        return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files)
+
+    def _restore_paths(self, run_id: str) -> dict[str, Path]:
+        appliance = self.config.appliance
+        paths = {}
+        for component, target in (("firmware", appliance.firmware), ("system", appliance.system)):
+            paths[f"{component}.stage"] = target.parent / f".{target.name}.restore-{run_id}"
+            paths[f"{component}.old"] = target.parent / f".{target.name}.pre-restore-{run_id}"
+        paths["database.stage"] = appliance.database.parent / f".{appliance.database.name}.restore-{run_id}"
+        paths["rollback"] = self.state_dir / "rollback" / run_id
+        return paths
+
+    def _swap_in(self, targets: dict[str, Path], stages: dict[str, Path], db_stage: Path, run_id: str) -> Path:
+        """Put the staged state in place; undo every step taken if one fails.
+
+        A phase file in the rollback directory tells recovery, after a crash,
+        whether to undo the swap ("swapping") or finish it ("committed").
+        """
+        paths = self._restore_paths(run_id)
+        rollback_dir = paths["rollback"]
+        ensure_private_dir(rollback_dir)
+        if self.config.appliance.database.exists():
+            database.snapshot(self.config.appliance.database, rollback_dir / "internal.db")
+        _write_phase(rollback_dir, "swapping")
+        try:
+            for component, target in targets.items():
+                if target.exists():
+                    os.rename(target, paths[f"{component}.old"])
+                os.rename(stages[component], target)
+                fsync_dir(target.parent)
+            database.restore_into(db_stage, self.config.appliance.database)
+        except BaseException as exc:
+            self._undo_swap(run_id)
+            if isinstance(exc, (KeyboardInterrupt, InterruptedRunError)):
+                raise
+            raise BackupError(f"Restoring failed while replacing the appliance's state ({describe(exc)}); "
+                              "the previous state was put back.") from None
+        _write_phase(rollback_dir, "committed")
+        self._keep_old_state(run_id)
+        return rollback_dir
+
+    def _undo_swap(self, run_id: str) -> None:
+        paths = self._restore_paths(run_id)
+        for component, target in (("firmware", self.config.appliance.firmware), ("system", self.config.appliance.system)):
+            old = paths[f"{component}.old"]
+            if old.exists():
+                if target.exists():
+                    shutil.rmtree(target)
+                os.rename(old, target)
+                fsync_dir(target.parent)
+        kept_db = paths["rollback"] / "internal.db"
+        if kept_db.exists():
+            database.restore_into(kept_db, self.config.appliance.database)
+
+    def _keep_old_state(self, run_id: str) -> None:
+        paths = self._restore_paths(run_id)
+        for component in ("firmware", "system"):
+            old = paths[f"{component}.old"]
+            if old.exists():
+                shutil.move(old, paths["rollback"] / component)
+        _write_phase(paths["rollback"], "done")
+
+    def _finish_interrupted_restore(self, run_id: str) -> None:
+        """After a crash mid-restore: the appliance ends fully old or fully restored, never mixed."""
+        paths = self._restore_paths(run_id)
+        phase = _read_phase(paths["rollback"])
+        if phase == "swapping":
+            self._undo_swap(run_id)
+            _write_phase(paths["rollback"], "undone")
+        elif phase == "committed":
+            self._keep_old_state(run_id)
+        for key in ("firmware.stage", "system.stage"):
+            shutil.rmtree(paths[key], ignore_errors=True)
+        paths["database.stage"].unlink(missing_ok=True)
+
+
+def _write_phase(rollback_dir: Path, phase: str) -> None:
+    atomic_write_text(rollback_dir / "PHASE", phase + "\n", mode=0o600)
+
+
+def _read_phase(rollback_dir: Path) -> str | None:
+    try:
+        return (rollback_dir / "PHASE").read_text().strip()
+    except OSError:
+        return None
+
+
+class _Extractor(PayloadConsumer):
+    """Writes members into staging directories beside the targets, never following links."""
+
+    def __init__(self, stages: dict[str, Path], db_stage: Path) -> None:
+        self.stages = stages
+        self.db_stage = db_stage
+        self.dir_modes: list[tuple[Path, int]] = []
+        self.seen_db = False
+        for stage in stages.values():
+            stage.mkdir(mode=0o700)
+
+    def _path(self, component: str, inner: PurePosixPath) -> Path:
+        if component == "database":
+            if str(inner) != "internal.db":
+                raise IntegrityError(f"The backup holds an unexpected database member (database/{inner}).")
+            self.seen_db = True
+            return self.db_stage
+        return self.stages[component] / inner
+
+    def directory(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> None:
+        path = self._path(component, inner)
+        if str(inner) != ".":
+            path.mkdir(mode=0o700, exist_ok=True)
+        self.dir_modes.append((path, member.mode & 0o777))
+        _chown(path, member)
+
+    def symlink(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> None:
+        path = self._path(component, inner)
+        os.symlink(member.linkname, path)
+        try:
+            os.lchown(path, member.uid, member.gid)
+        except OSError:
+            pass
+
+    def file(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> BinaryIO:
+        path = self._path(component, inner)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "wb")
+
+    def file_done(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo, handle: BinaryIO) -> None:
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        path = self._path(component, inner)
+        _chown(path, member)
+        os.chmod(path, member.mode & 0o777)  # setuid, setgid and sticky bits are dropped on purpose
+        os.utime(path, (member.mtime, member.mtime))
+
+    def finish(self) -> None:
+        if not self.seen_db:
+            raise IntegrityError("The backup holds no internal database; nothing was changed.")
+        for path, mode in reversed(self.dir_modes):
+            os.chmod(path, mode)
+
+
+def _chown(path: Path, member: tarfile.TarInfo) -> None:
+    if os.geteuid() == 0:
+        try:
+            os.chown(path, member.uid, member.gid, follow_symlinks=False)
+        except OSError:
+            pass
+
+
+def created_at(name: str, mtime: float) -> datetime:
+    match = NAME_STAMP.search(name)
+    if match:
+        return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return datetime.fromtimestamp(mtime, tz=timezone.utc)
+
+
+def _result_word(exc: BaseException) -> str:
+    return "interrupted" if isinstance(exc, (InterruptedRunError, KeyboardInterrupt)) else "failed"
+
+
+def describe(exc: BaseException) -> str:
+    """The sentence an operator sees for any exception; never a traceback."""
+    if isinstance(exc, BackupError):
+        return exc.message
+    if isinstance(exc, KeyboardInterrupt):
+        return "The run was stopped (interrupted) before it finished; nothing partial was kept."
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"An I/O error stopped the run{where}: {exc.strerror or exc}."
+    return f"An unexpected error stopped the run: {type(exc).__name__}: {exc}"

@@ -1,0 +1,232 @@
+"""The headless command from the outside: exit codes, output, and what an operator reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from backup.config import Config
+from backup.errors import ExitCode
+from backup.journal import RunJournal
+from backup.service import BackupService
+from tests.conftest import BIN, PASSPHRASE, run_cli
+from tests.helpers import appliance_state, mutate_appliance
+
+
+def test_help_lists_commands_and_exit_codes() -> None:
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for word in ("run", "list", "verify", "restore", "status", "secret", "demo", "exit codes", "integrity"):
+        assert word in out.stdout
+
+
+def test_full_cycle_from_the_command_line(appliance: Config, passphrase_file: Path) -> None:
+    r = run_cli("run", config=appliance)
+    assert r.returncode == ExitCode.DMS_NOT_SET, r.stderr
+    assert "secret set" in r.stderr and "Traceback" not in r.stderr
+
+    short = passphrase_file.with_name("short.txt")
+    short.write_text("1234567\n")
+    r = run_cli("secret", "set", "--passphrase-file", short, config=appliance)
+    assert r.returncode == ExitCode.USAGE and "at least 8 characters" in r.stderr
+
+    r = run_cli("secret", "set", "--passphrase-file", passphrase_file, config=appliance)
+    assert r.returncode == 0, r.stderr
+    key = appliance.state_dir / "dms.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert PASSPHRASE not in key.read_text()
+    r = run_cli("secret", "set", "--passphrase-file", passphrase_file, config=appliance)
+    assert r.returncode == ExitCode.DMS_ALREADY_SET and "only be set once" in r.stderr
+
+    r = run_cli("run", config=appliance)
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip()
+    assert name.endswith(".abk") and (appliance.storage.path / name).is_file()
+
+    listed = json.loads(run_cli("list", "--json", config=appliance).stdout)
+    assert [b["name"] for b in listed] == [name]
+    assert listed[0]["size"] == (appliance.storage.path / name).stat().st_size
+
+    status = json.loads(run_cli("status", "--json", config=appliance).stdout)
+    assert status["status"] == "Not Running"
+    assert status["last_successful_backup"]["name"] == name
+    assert status["schedule"] == "Schedule Disabled" and status["next_scheduled_backup"] is None
+    assert status["last_error"] is None and status["dms_set"] is True
+
+    r = run_cli("verify", name, config=appliance)
+    assert r.returncode == 0 and "OK" in r.stdout
+
+    before = appliance_state(appliance)
+    mutate_appliance(appliance)
+    r = run_cli("restore", name, config=appliance)  # no terminal, no --yes
+    assert r.returncode == ExitCode.USAGE and "--yes" in r.stderr
+    r = run_cli("restore", name, "--yes", config=appliance)
+    assert r.returncode == 0, r.stderr
+    assert "rollback" in r.stdout
+    assert appliance_state(appliance) == before
+
+    for secret_output in (r.stdout, r.stderr, (appliance.state_dir / "journal.jsonl").read_text()):
+        assert PASSPHRASE not in secret_output
+
+
+def _on_terminal(argv: list[str], answers: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run a command on a real pseudo-terminal (its controlling tty), typing each answer after the next prompt."""
+    import pty
+    import select
+
+    pid, master = pty.fork()
+    if pid == 0:  # the child: the pty is its controlling terminal, as on an operator's SSH session
+        os.execv(argv[0], argv)
+    output = b""
+    deadline = time.monotonic() + timeout
+    pending = list(answers)
+    answered_at = 0  # only a prompt printed after the last answer gets the next one
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+        if pending and output[answered_at:].rstrip().endswith(b":"):
+            os.write(master, pending.pop(0).encode() + b"\n")
+            answered_at = len(output)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_restore_on_a_terminal_asks_and_names_what_it_replaces(service: BackupService) -> None:
+    name = service.run_backup().name
+    mutate_appliance(service.config)
+    changed = appliance_state(service.config)
+    argv = [str(BIN), "--config", str(service.config.path), "restore", name]
+    code, out = _on_terminal(argv, ["no"])
+    assert code == 0 and "Restore cancelled; nothing was changed." in out
+    assert str(service.config.appliance.database) in out and str(service.config.appliance.firmware) in out
+    assert appliance_state(service.config) == changed
+    code, out = _on_terminal(argv, ["yes"])
+    assert code == 0 and "Restored" in out
+    assert appliance_state(service.config) != changed
+
+
+def test_secret_set_on_a_terminal_asks_twice(appliance: Config) -> None:
+    argv = [str(BIN), "--config", str(appliance.path), "secret", "set"]
+    code, out = _on_terminal(argv, ["abcdefgh1", "abcdefgh2"])
+    assert code == ExitCode.USAGE and "do not match" in out
+    assert "abcdefgh" not in out  # never echoed
+    code, out = _on_terminal(argv, ["short", "short"])
+    assert code == ExitCode.USAGE and "at least 8 characters" in out
+    code, out = _on_terminal(argv, [PASSPHRASE, PASSPHRASE])
+    assert code == 0 and "is set" in out and PASSPHRASE not in out
+    code, out = _on_terminal(argv, [])
+    assert code == ExitCode.DMS_ALREADY_SET and "only be set once" in out
+
+
+def test_failed_backup_is_reported_in_status(service: BackupService) -> None:
+    service.config.storage.path.rmdir()
+    r = run_cli("run", config=service.config)
+    assert r.returncode == ExitCode.STORAGE
+    assert "does not exist" in r.stderr
+    status = json.loads(run_cli("status", "--json", config=service.config).stdout)
+    assert status["last_error"]["result"] == "failed"
+    assert "does not exist" in status["last_error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (None, "does not exist"),
+        ("[appliance\nname=", "not valid TOML"),
+        ('[appliance]\nname = "a"\nfirmware = "rel/fw"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n', "relative path"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n'
+         '[storage]\ntype = "ftp"\n', "[storage] type"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\ndatabase = "/d"\n[state]\ndir = "/x"\n', "[appliance] system is missing"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n'
+         '[backup]\nprefix = "../x"\n', "prefix"),
+    ],
+)
+def test_config_errors_name_the_file_and_the_key(tmp_path: Path, content: str | None, words: str) -> None:
+    path = tmp_path / "config.toml"
+    if content is not None:
+        path.write_text(content)
+    r = run_cli("status", config=path)
+    assert r.returncode == ExitCode.USAGE
+    assert str(path) in r.stderr and words in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_config_from_the_environment(appliance: Config) -> None:
+    env = {**os.environ, "APPLIANCE_BACKUP_CONFIG": str(appliance.path)}
+    r = subprocess.run([str(BIN), "status", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "Not Running"
+
+
+def test_unknown_backup_name(service: BackupService) -> None:
+    r = run_cli("verify", "no-such.abk", config=service.config)
+    assert r.returncode == ExitCode.NOT_FOUND and "no-such.abk" in r.stderr
+    r = run_cli("verify", "../../etc/passwd", config=service.config)
+    assert r.returncode == ExitCode.NOT_FOUND
+
+
+def _big_state(config: Config) -> None:
+    """Enough data that a backup takes a while, to stop it in the middle."""
+    with open(config.appliance.firmware / "large.bin", "wb") as f:
+        for _ in range(48):
+            f.write(os.urandom(4 << 20))
+
+
+def _wait_for_partial(config: Config, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        partials = list(config.storage.path.glob("*.partial"))
+        if partials and partials[0].stat().st_size > 1 << 20:
+            return
+        assert proc.poll() is None, "the backup finished before it could be stopped"
+        time.sleep(0.005)
+    raise AssertionError("no partial file appeared")
+
+
+def test_sigterm_mid_backup_stops_cleanly(service: BackupService) -> None:
+    _big_state(service.config)
+    proc = subprocess.Popen([str(BIN), "--config", str(service.config.path), "run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_partial(service.config, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert list(service.config.storage.path.iterdir()) == []
+    runs = RunJournal(service.state_dir).runs()
+    assert runs[-1].result == "interrupted"
+    assert "Traceback" not in err
+
+
+def test_killed_backup_is_cleaned_up_at_next_start(service: BackupService) -> None:
+    _big_state(service.config)
+    proc = subprocess.Popen([str(BIN), "--config", str(service.config.path), "run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_partial(service.config, proc)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert list(service.config.storage.path.glob("*.partial"))  # left behind by the kill
+    assert not [p for p in service.config.storage.path.iterdir() if p.name.endswith(".abk")]
+
+    status = json.loads(run_cli("status", "--json", config=service.config).stdout)
+    assert status["status"] == "Not Running"
+    assert status["last_error"]["result"] == "interrupted"
+    assert list(service.config.storage.path.iterdir()) == []  # the partial went at the next start
+
+    r = run_cli("run", config=service.config)
+    assert r.returncode == 0, r.stderr

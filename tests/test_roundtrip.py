@@ -1,0 +1,126 @@
+"""Back up and restore whole appliances: the restored state is the backed-up state, byte for byte."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from backup import database
+from backup.config import load_config
+from backup.errors import DmsNotSetError
+from backup.service import BackupService
+from tests.conftest import FAST_KDF, PASSPHRASE
+from tests.helpers import appliance_state, db_rows, mutate_appliance
+
+
+def test_demo_round_trip(service: BackupService) -> None:
+    before = appliance_state(service.config)
+    result = service.run_backup()
+    assert result.name.startswith("demo-appliance-") and result.name.endswith(".abk")
+    assert [b.name for b in service.list_backups()] == [result.name]
+
+    mutate_appliance(service.config)
+    assert appliance_state(service.config) != before
+
+    restored = service.restore(result.name)
+    assert appliance_state(service.config) == before
+    assert database.check(service.config.appliance.database) is None
+    # The replaced state is kept, and holds what was there before the restore.
+    assert (restored.rollback_dir / "firmware" / "added-after-backup.conf").exists()
+    assert (restored.rollback_dir / "internal.db").exists()
+    # No staging or pre-restore leftovers beside the targets.
+    parent = service.config.appliance.firmware.parent
+    assert not [p.name for p in parent.iterdir() if ".restore-" in p.name or ".pre-restore-" in p.name]
+
+
+def test_generated_appliance_with_thousands_of_files(service: BackupService) -> None:
+    rng = random.Random(7)
+    system = service.config.appliance.system
+    for i in range(3000):
+        d = system / f"generated/d{i % 37}/e{i % 5}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = rng.choice([0, 1, 511, 512, 513, 4096, rng.randrange(20000)])
+        (d / f"f{i}.conf").write_bytes(rng.randbytes(size))
+    (system / "generated" / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    os.symlink("d1/e1/f1.conf", system / "generated" / "link-inside")
+    (system / "generated" / "d2" / "e2" / "f2.conf").chmod(0o640)
+    (system / "ünïcode näme.conf").write_text("utf-8 names survive\n")
+    before = appliance_state(service.config)
+
+    name = service.run_backup().name
+    mutate_appliance(service.config)
+    service.restore(name)
+
+    assert appliance_state(service.config) == before
+
+
+def test_backup_needs_the_dms(appliance) -> None:
+    svc = BackupService(appliance, kdf_params=FAST_KDF)
+    with pytest.raises(DmsNotSetError, match="secret set"):
+        svc.run_backup()
+    assert list((appliance.storage.path).iterdir()) == []
+
+
+def test_database_snapshot_is_consistent_while_the_appliance_writes(service: BackupService) -> None:
+    """A writer commits pairs of rows that must always appear together; the snapshot never splits a pair."""
+    db = service.config.appliance.database
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, pair INTEGER, side TEXT, pad BLOB)")
+    con.commit()
+    con.close()
+    stop = threading.Event()
+    committed = [0]
+
+    def writer() -> None:
+        w = sqlite3.connect(db, timeout=30)
+        n = 0
+        while not stop.is_set():
+            with w:
+                w.execute("INSERT INTO ledger (pair, side, pad) VALUES (?, 'debit', randomblob(2000))", (n,))
+                w.execute("INSERT INTO ledger (pair, side, pad) VALUES (?, 'credit', randomblob(2000))", (n,))
+            n += 1
+            committed[0] = n
+        w.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while committed[0] < 50:
+            time.sleep(0.01)
+        names = [service.run_backup().name for _ in range(3)]
+    finally:
+        stop.set()
+        thread.join()
+    assert committed[0] > 50
+    for name in names:
+        service.restore(name)
+        rows = db_rows(service.config.appliance.database)["ledger"]
+        assert len(rows) % 2 == 0 and len(rows) > 0
+        pairs = {}
+        for _, pair, side, _pad in rows:
+            pairs.setdefault(pair, set()).add(side)
+        assert all(sides == {"debit", "credit"} for sides in pairs.values())
+        assert database.check(service.config.appliance.database) is None
+
+
+def test_restore_on_another_appliance_needs_the_original_dms(service: BackupService, tmp_path: Path) -> None:
+    from backup.demo import create_demo_appliance
+    from backup.errors import WrongDmsError
+
+    name = service.run_backup().name
+    before = appliance_state(service.config)
+    other = load_config(create_demo_appliance(tmp_path / "other", seed=2))
+    other_svc = BackupService(other, kdf_params=FAST_KDF)
+    other_svc.set_secret("another appliance's secret")
+    # The other appliance reads from the first one's storage.
+    other_svc._storage = service.storage
+    with pytest.raises(WrongDmsError, match="--passphrase-file"):
+        other_svc.verify(name)
+    other_svc.restore(name, passphrase=PASSPHRASE)
+    assert appliance_state(other) == before
