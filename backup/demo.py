@@ -99,7 +99,7 @@ class DatabaseSize:
 
 
 DEMO_DATABASE_SIZE = DatabaseSize(operators=24, keys=60, certificates=1200, audit_events=7000)
-"""Row counts of the demo database: about 4 MiB on disk."""
+"""Row counts of the demo database: about 5 MiB on disk."""
 
 
 def create_demo_appliance(directory: Path, *, seed: int = 1) -> Path:

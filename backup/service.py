@@ -30,7 +30,7 @@ from backup.errors import (
     InterruptedRunError,
     WrongDmsError,
 )
-from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
+from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir, sync_filesystem
 from backup.journal import RunJournal, RunRecord
 from backup.lock import RunLock, is_locked, pid_alive, read_holder
 from backup.payload import (
@@ -536,9 +536,7 @@ class _Extractor(PayloadConsumer):
         return os.fdopen(fd, "wb")
 
     def file_done(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo, handle: BinaryIO) -> None:
-        handle.flush()
-        os.fsync(handle.fileno())
-        handle.close()
+        handle.close()  # made durable all at once in finish()
         path = self._path(component, inner)
         _chown(path, member)
         os.chmod(path, member.mode & 0o777)  # setuid, setgid and sticky bits are dropped on purpose
@@ -549,6 +547,12 @@ class _Extractor(PayloadConsumer):
             raise IntegrityError("The backup holds no internal database; nothing was changed.")
         for path, mode in reversed(self.dir_modes):
             os.chmod(path, mode)
+        synced = set()
+        for path in [*self.stages.values(), self.db_stage]:
+            device = os.stat(path).st_dev
+            if device not in synced:
+                sync_filesystem(path)
+                synced.add(device)
 
 
 def _chown(path: Path, member: tarfile.TarInfo) -> None:
