@@ -204,6 +204,13 @@ def test_sigterm_mid_backup_stops_cleanly(service: BackupService) -> None:
     proc = subprocess.Popen([str(BIN), "--config", str(service.config.path), "run"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_partial(service.config, proc)
+    deadline = time.monotonic() + 10  # the running backup publishes its progress twice a second
+    while True:
+        status = json.loads(run_cli("status", "--json", config=service.config).stdout)
+        assert status["status"] == "In Progress" and status["task"] == "backup"
+        if status["progress"]["done"] > 0 or time.monotonic() > deadline:
+            break
+    assert status["progress"]["done"] > 0 and status["progress"]["total"] > status["progress"]["done"]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, err
