@@ -53,7 +53,7 @@ class RunJournal:
         self.progress_path = self.state_dir / PROGRESS_FILE
 
     def start(self, kind: str, *, now: datetime, name: str | None = None, detail: str | None = None) -> str:
-        run_id = f"{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+        run_id = f"{now.strftime('%Y%m%dT%H%M%S.%f')}-{secrets.token_hex(3)}"
         self._append({"type": "start", "id": run_id, "kind": kind, "at": now.isoformat(), "pid": os.getpid(),
                       "name": name, "detail": detail})
         return run_id

@@ -50,6 +50,8 @@ from backup.storage import PARTIAL_SUFFIX, Storage, open_storage
 BACKUP_SUFFIX = ".abk"
 NAME_STAMP = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk$")
 PROGRESS_FILE_INTERVAL = 0.5
+KEEP_ROLLBACKS = 2
+"""Rollback copies kept after restores (older ones are removed)."""
 
 
 def local_now() -> datetime:
@@ -470,6 +472,15 @@ class BackupService:
             if old.exists():
                 shutil.move(old, paths["rollback"] / component)
         _write_phase(paths["rollback"], "done")
+        self._prune_rollbacks()
+
+    def _prune_rollbacks(self) -> None:
+        """Keep the newest KEEP_ROLLBACKS finished rollback copies; each is a whole appliance state."""
+        root = self.state_dir / "rollback"
+        finished = sorted((d for d in root.iterdir() if d.is_dir() and _read_phase(d) in ("done", "undone")),
+                          key=lambda d: (d / "PHASE").stat().st_mtime_ns)
+        for old in finished[:-KEEP_ROLLBACKS]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _finish_interrupted_restore(self, run_id: str) -> None:
         """After a crash mid-restore: the appliance ends fully old or fully restored, never mixed."""

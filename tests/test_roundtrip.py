@@ -124,3 +124,12 @@ def test_restore_on_another_appliance_needs_the_original_dms(service: BackupServ
         other_svc.verify(name)
     other_svc.restore(name, passphrase=PASSPHRASE)
     assert appliance_state(other) == before
+
+
+def test_only_the_newest_rollback_copies_are_kept(service: BackupService) -> None:
+    from backup.service import KEEP_ROLLBACKS
+
+    name = service.run_backup().name
+    kept = [service.restore(name).rollback_dir for _ in range(KEEP_ROLLBACKS + 2)]
+    remaining = sorted((service.state_dir / "rollback").iterdir())
+    assert remaining == sorted(kept[-KEEP_ROLLBACKS:])

@@ -1,0 +1,85 @@
+"""Writes tests/vectors/backup/: one whole backup file (both layers) of a tiny appliance.
+
+Run from the repository root: `.venv/bin/python tests/vectors/make_backup_vector.py`.
+Regenerate only when the format version changes; readers must keep opening
+the committed file. The file key is random, so the bytes differ each run;
+`expected.json` holds what a reader must find inside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from backup.archive import ScryptParams  # noqa: E402
+from backup.config import load_config  # noqa: E402
+from backup.service import BackupService  # noqa: E402
+
+PASSPHRASE = "vector passphrase, not secret"
+OUT = Path(__file__).resolve().parent / "backup"
+CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def build(base: Path) -> Path:
+    fw, system = base / "firmware", base / "system"
+    (fw / "boot").mkdir(parents=True)
+    (fw / "version.txt").write_text("firmware 7.4.2\n")
+    (fw / "boot" / "params.conf").write_text("console=ttyS0,115200\nquiet\n")
+    (system / "network").mkdir(parents=True)
+    (system / "network" / "interfaces.conf").write_text("eth0 = dhcp\n")
+    (system / "cluster.json").write_text('{"nodes": ["a", "b", "c"], "quorum": 2}\n')
+    (system / "current").symlink_to("network/interfaces.conf")
+    (system / "empty.conf").write_bytes(b"")
+    db = base / "internal.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE certificates (serial TEXT PRIMARY KEY, subject TEXT)")
+    con.executemany("INSERT INTO certificates VALUES (?, ?)", [(f"{i:04x}", f"CN=host{i}") for i in range(50)])
+    con.commit()
+    con.close()
+    (base / "backups").mkdir()
+    config = base / "config.toml"
+    config.write_text(
+        f'[appliance]\nname = "vector-appliance"\nfirmware = "{fw}"\nsystem = "{system}"\ndatabase = "{db}"\n'
+        f'[state]\ndir = "{base / "state"}"\n[storage]\ntype = "local"\npath = "{base / "backups"}"\n'
+    )
+    return config
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(build(Path(tmp)))
+        service = BackupService(config, clock=lambda: CREATED, kdf_params=ScryptParams(log2_n=10))
+        service.set_secret(PASSPHRASE)
+        name = service.run_backup().name
+        OUT.mkdir(exist_ok=True)
+        for old in OUT.glob("*.abk"):
+            old.unlink()
+        (OUT / name).write_bytes((config.storage.path / name).read_bytes())
+        files = {}
+        for component, root in (("firmware", config.appliance.firmware), ("system", config.appliance.system)):
+            for path in sorted(root.rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    files[f"{component}/{path.relative_to(root)}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        expected = {
+            "file": name,
+            "passphrase": PASSPHRASE,
+            "appliance": "vector-appliance",
+            "created_at": CREATED.isoformat(),
+            "files": files,
+            "symlinks": {"system/current": "network/interfaces.conf"},
+            "database_rows": {"certificates": 50},
+        }
+        (OUT / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {OUT / name}")
+
+
+if __name__ == "__main__":
+    main()
