@@ -19,6 +19,7 @@ import tomli_w
 
 from backup.errors import ConfigError
 from backup.fsutil import atomic_write_text
+from backup.storage.nfsurl import validate_nfs_url
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance-backup/config.toml")
 CONFIG_ENV = "APPLIANCE_BACKUP_CONFIG"
@@ -131,6 +132,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         storage = StorageConfig(type="local", path=reader.abs_path("storage", "path"))
     elif storage_type == "nfs":
         url = reader.string("storage", "url")
+        problem = validate_nfs_url(url)
+        if problem:
+            raise ConfigError(f"In {path}, [storage] url: {problem}")
         version = reader.string("storage", "version", default="4.1")
         if version not in NFS_VERSIONS:
             reader.fail("storage", "version", f"is {version!r}; it must be one of \"4\", \"4.1\" or \"4.2\"")

@@ -49,7 +49,6 @@ from backup.storage import PARTIAL_SUFFIX, Storage, open_storage
 
 BACKUP_SUFFIX = ".abk"
 NAME_STAMP = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk$")
-PROGRESS_FILE_INTERVAL = 0.5
 KEEP_ROLLBACKS = 2
 """Rollback copies kept after restores (older ones are removed)."""
 
@@ -169,7 +168,19 @@ class BackupService:
                 self._remove_partial(run.name)
             elif run.kind == "restore":
                 self._finish_interrupted_restore(run.id)
+        self._remove_stale_partials()
         return closed
+
+    def _remove_stale_partials(self) -> None:
+        """Partials this appliance's finished runs left (the storage was unreachable when they failed)."""
+        try:
+            present = {e.name for e in self.storage.list("") if e.name.endswith(PARTIAL_SUFFIX)}
+        except BackupError:
+            return
+        mine = {r.name + PARTIAL_SUFFIX for r in self.journal.runs()
+                if r.kind == "backup" and r.name and r.result is not None}
+        for name in sorted(present & mine):
+            self._remove_partial(name[: -len(PARTIAL_SUFFIX)])
 
     def _remove_partial(self, name: str) -> None:
         try:
@@ -279,18 +290,16 @@ class BackupService:
                             source_bytes=manifest["total_bytes"])
 
     def _progress_publisher(self, progress: ProgressCallback | None) -> ProgressCallback:
-        last = [0.0]
+        """Publish each report (at most ten a second, see Tracker) for `status` in other processes, then pass it on."""
 
         def publish(p) -> None:
+            try:
+                self.journal.write_progress({"task": p.task, "stage": p.stage, "done": p.done, "total": p.total,
+                                             "written": p.written, "elapsed": round(p.elapsed, 3)})
+            except OSError:
+                pass
             if progress is not None:
                 progress(p)
-            if p.elapsed - last[0] >= PROGRESS_FILE_INTERVAL or p.stage == "Done" or last[0] == 0.0:
-                last[0] = p.elapsed or 1e-9
-                try:
-                    self.journal.write_progress({"task": p.task, "stage": p.stage, "done": p.done, "total": p.total,
-                                                 "written": p.written, "elapsed": round(p.elapsed, 3)})
-                except OSError:
-                    pass
 
         return publish
 

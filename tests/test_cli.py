@@ -204,13 +204,6 @@ def test_sigterm_mid_backup_stops_cleanly(service: BackupService) -> None:
     proc = subprocess.Popen([str(BIN), "--config", str(service.config.path), "run"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_partial(service.config, proc)
-    deadline = time.monotonic() + 10  # the running backup publishes its progress twice a second
-    while True:
-        status = json.loads(run_cli("status", "--json", config=service.config).stdout)
-        assert status["status"] == "In Progress" and status["task"] == "backup"
-        if status["progress"]["done"] > 0 or time.monotonic() > deadline:
-            break
-    assert status["progress"]["done"] > 0 and status["progress"]["total"] > status["progress"]["done"]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, err
@@ -237,3 +230,31 @@ def test_killed_backup_is_cleaned_up_at_next_start(service: BackupService) -> No
 
     r = run_cli("run", config=service.config)
     assert r.returncode == 0, r.stderr
+
+
+def test_status_from_another_process_shows_a_running_backup(service: BackupService) -> None:
+    """The backup runs in this process and is held mid-way; `status` runs as a separate process."""
+    import threading
+
+    _big_state(service.config)
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(p) -> None:
+        if p.done > 8 << 20 and not reached.is_set():
+            reached.set()
+            release.wait(30)
+
+    worker = threading.Thread(target=service.run_backup, kwargs={"progress": hold})
+    worker.start()
+    try:
+        assert reached.wait(30)
+        status = json.loads(run_cli("status", "--json", config=service.config).stdout)
+    finally:
+        release.set()
+        worker.join()
+    assert status["status"] == "In Progress" and status["task"] == "backup"
+    progress = status["progress"]
+    assert progress["stage"].startswith("Archiving")
+    assert 8 << 20 < progress["done"] < progress["total"]
+    after = json.loads(run_cli("status", "--json", config=service.config).stdout)
+    assert after["status"] == "Not Running" and after["progress"] is None

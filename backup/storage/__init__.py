@@ -8,9 +8,10 @@ sentences; a network backend bounds every call with a timeout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from backup.config import Config
+if TYPE_CHECKING:  # backup.config validates NFS URLs with backup.storage.nfsurl
+    from backup.config import Config
 from backup.errors import StorageError
 
 
@@ -70,7 +71,7 @@ class Storage(Protocol):
 PARTIAL_SUFFIX = ".partial"
 
 
-def open_storage(config: Config) -> Storage:
+def open_storage(config: "Config") -> Storage:
     """The backend the configuration names."""
     kind = config.storage.type
     if kind == "local":
@@ -82,7 +83,6 @@ def open_storage(config: Config) -> Storage:
             "No backup storage is configured: choose a local directory or an NFS share on the Storage screen, "
             f"or set [storage] in {config.path}."
         )
-    raise StorageError(
-        f"NFS storage ({config.storage.url}) is not supported by this version yet: use a local directory "
-        "(an already-mounted share works) for now."
-    )
+    from backup.storage.nfs import open_nfs_storage
+
+    return open_nfs_storage(config.storage.url or "", config.storage.version or "4.1")
