@@ -102,12 +102,15 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
         return run_console(config)
     service = BackupService(config)
-    service.recover()
-    handler = {
-        "run": cmd_run, "list": cmd_list, "verify": cmd_verify, "restore": cmd_restore,
-        "status": cmd_status, "secret": cmd_secret,
-    }[args.command]
-    return handler(service, args)
+    try:
+        service.recover()
+        handler = {
+            "run": cmd_run, "list": cmd_list, "verify": cmd_verify, "restore": cmd_restore,
+            "status": cmd_status, "secret": cmd_secret,
+        }[args.command]
+        return handler(service, args)
+    finally:
+        service.close()
 
 
 @contextmanager

@@ -141,6 +141,13 @@ class BackupService:
             self._storage = open_storage(self.config)
         return self._storage
 
+    def close(self) -> None:
+        """Release the storage (an NFS connection or kernel mount). The service opens it again when needed."""
+        storage, self._storage = self._storage, None
+        close = getattr(storage, "close", None)
+        if close is not None:
+            close()
+
     def secret_info(self) -> SecretInfo:
         return self.secret.info()
 
