@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from backup import __version__
-from backup.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config, resolve_config_path
+from backup.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config, resolve_config_path, update_config
 from backup.errors import BackupError, ConfigError, ExitCode
 from backup.journal import RunRecord
+from backup.operators import check_operator
 from backup.progress import Progress
+from backup.schedule import Schedule, local_now, next_runs, preset_cron, validate_cron
+from backup.schedule import describe as describe_cron
 from backup.secret import read_passphrase_file, validate_passphrase
 from backup.service import BackupService, StatusReport, describe
 
@@ -52,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    sub.add_parser("run", help="back up now; prints the new backup's name")
+    p = sub.add_parser("run", help="back up now; prints the new backup's name")
+    p.add_argument("--operator", metavar="NAME", help="who asks (default: the login name); checked against [operators]")
     p = sub.add_parser("list", help="backups in the storage, newest first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("verify", help="decrypt and check every byte of a backup; changes nothing")
@@ -62,12 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--passphrase-file", metavar="F", help="the DMS the backup was made with (another appliance's)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--operator", metavar="NAME", help="who asks (default: the login name); checked against [operators]")
     p = sub.add_parser("status", help="current status, last successful backup, last error")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("secret", help="the Domain Master Secret (DMS)")
     secret_sub = p.add_subparsers(dest="secret_command", metavar="ACTION", required=True, parser_class=_Parser)
     s = secret_sub.add_parser("set", help="set the DMS (once for the appliance's lifetime)")
     s.add_argument("--passphrase-file", metavar="F", help="read the DMS from the first line of F")
+    p = sub.add_parser("prune", help="apply [retention]: delete this appliance's backups it does not keep")
+    p.add_argument("--dry-run", action="store_true", help="only show what would be deleted and why")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("schedule", help="show or change the backup schedule")
+    schedule_sub = p.add_subparsers(dest="schedule_command", metavar="ACTION", parser_class=_Parser)
+    s = schedule_sub.add_parser("show", help="the schedule and its next runs (the default)")
+    s.add_argument("--next", type=int, default=5, metavar="N", help="how many next runs to preview (default 5)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s = schedule_sub.add_parser("set", help="enable the schedule with a cron expression or a preset")
+    how = s.add_mutually_exclusive_group(required=True)
+    how.add_argument("--cron", metavar="EXPR", help='five cron fields in local time, e.g. "0 2 * * *"')
+    how.add_argument("--daily", metavar="HH:MM", help="every day at HH:MM")
+    how.add_argument("--weekly", nargs=2, metavar=("DAY", "HH:MM"), help="every week on DAY (mon..sun) at HH:MM")
+    how.add_argument("--monthly", nargs=2, metavar=("D", "HH:MM"), help="every month on day D (1-28) at HH:MM")
+    schedule_sub.add_parser("disable", help="turn scheduled backups off (the cron expression is kept)")
+    sub.add_parser("daemon", help="run scheduled backups until stopped (for systemd; logs to stdout)")
     p = sub.add_parser("demo", help="create a self-contained demo appliance")
     p.add_argument("dir", metavar="DIR", nargs="?", default="demo-appliance")
     return parser
@@ -106,7 +127,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
         service.recover()
         handler = {
             "run": cmd_run, "list": cmd_list, "verify": cmd_verify, "restore": cmd_restore,
-            "status": cmd_status, "secret": cmd_secret,
+            "status": cmd_status, "secret": cmd_secret, "prune": cmd_prune, "schedule": cmd_schedule,
+            "daemon": cmd_daemon,
         }[args.command]
         return handler(service, args)
     finally:
@@ -152,10 +174,12 @@ def cmd_run(service: BackupService, args: argparse.Namespace) -> int:
     line = _ProgressLine()
     with stop_on_signals() as cancel:
         try:
-            result = service.run_backup(progress=line, cancel=cancel)
+            result = service.run_backup(progress=line, cancel=cancel, operator=args.operator)
         finally:
             line.close()
     print(result.name)
+    for name in result.pruned:
+        print(f"retention removed {name}", file=sys.stderr)
     return ExitCode.OK
 
 
@@ -189,6 +213,7 @@ def cmd_verify(service: BackupService, args: argparse.Namespace) -> int:
 def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
     passphrase = _passphrase(args)
     appliance = service.config.appliance
+    check_operator(service.config.raw, service.config.path, args.operator)  # before asking anything
     if not args.yes:
         if not sys.stdin.isatty():
             raise ConfigError("Restore replaces the appliance's state: confirm with --yes when there is no terminal to ask on.")
@@ -203,7 +228,8 @@ def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
     line = _ProgressLine()
     with stop_on_signals() as cancel:
         try:
-            result = service.restore(args.name, passphrase=passphrase, progress=line, cancel=cancel)
+            result = service.restore(args.name, passphrase=passphrase, progress=line, cancel=cancel,
+                                     operator=args.operator)
         finally:
             line.close()
     print(f"Restored {result.name} ({result.files} files). The previous state is kept in {result.rollback_dir}.")
@@ -230,6 +256,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         "last_error": last_error,
         "next_scheduled_backup": report.next_scheduled.isoformat() if report.next_scheduled else None,
         "schedule": "enabled" if report.next_scheduled else "Schedule Disabled",
+        "stale": report.stale,
         "dms_set": report.secret.is_set,
         "dms_set_at": report.secret.set_at.isoformat() if report.secret.set_at else None,
         "storage": report.storage,
@@ -255,6 +282,10 @@ def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
     print("Next Scheduled Backup:          " + (f"{report.next_scheduled:%Y-%m-%d %H:%M %Z}" if report.next_scheduled else "Schedule Disabled"))
     if report.last_failure:
         print(f"Last backup could not be made:  {report.last_failure.error}")
+    if report.stale:
+        print(f"Warning:                        {report.stale}")
+    if report.progress and report.progress.get("inhibitor"):
+        print(f"Shutdown:                       {report.progress['inhibitor']}")
     if not report.secret.is_set:
         print("Domain Master Secret:           not set (no backup can be made until it is)")
     print(f"Storage:                        {report.storage}")
@@ -277,6 +308,83 @@ def cmd_secret(service: BackupService, args: argparse.Namespace) -> int:
     print(f"The Domain Master Secret is set ({info.set_at:%Y-%m-%d %H:%M %Z}). Keep a copy in a safe place: "
           "restoring on another appliance needs it, and it cannot be shown or set again.")
     return ExitCode.OK
+
+
+def cmd_prune(service: BackupService, args: argparse.Namespace) -> int:
+    decisions = service.prune(dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps([{"name": d.name, "keep": d.keep, "reasons": d.reasons} for d in decisions], indent=2))
+        return ExitCode.OK
+    if service.config.retention.keeps_everything:
+        print("No [retention] rule is set, so every backup is kept.")
+    verb = "would delete" if args.dry_run else "deleted"
+    for d in decisions:
+        print(f"{'keep  ' if d.keep else verb + ' '}{d.name}  ({', '.join(d.reasons)})")
+    return ExitCode.OK
+
+
+def cmd_schedule(service: BackupService, args: argparse.Namespace) -> int:
+    config = service.config
+    action = args.schedule_command or "show"
+    if action == "set":
+        if args.cron:
+            problem = validate_cron(args.cron)
+            if problem:
+                raise ConfigError(problem)
+            cron = args.cron
+        elif args.daily:
+            cron = preset_cron("daily", args.daily)
+        elif args.weekly:
+            cron = preset_cron("weekly", args.weekly[1], weekday=_weekday(args.weekly[0]))
+        else:
+            cron = preset_cron("monthly", args.monthly[1], day=_int(args.monthly[0], "day of the month"))
+        config = update_config(config, Schedule(enabled=True, cron=cron).to_config())
+    elif action == "disable":
+        config = update_config(config, Schedule(enabled=False, cron=config.schedule.cron).to_config())
+    count = getattr(args, "next", 5)
+    if count < 0:
+        raise ConfigError("--next must be 0 or more.")
+    schedule = config.schedule
+    upcoming = next_runs(schedule, service.clock(), count) if schedule.enabled else []
+    if getattr(args, "json", False):
+        print(json.dumps({"enabled": schedule.enabled, "cron": schedule.cron, "description": describe_cron(schedule.cron),
+                          "next_runs": [t.isoformat() for t in upcoming]}, indent=2))
+        return ExitCode.OK
+    if not schedule.enabled:
+        print(f"Schedule Disabled (cron {schedule.cron!r} is kept: {describe_cron(schedule.cron)})")
+        return ExitCode.OK
+    print(f"Schedule: {schedule.cron}  ({describe_cron(schedule.cron)})")
+    for t in upcoming:
+        print(f"  next: {t:%a %Y-%m-%d %H:%M %Z}")
+    return ExitCode.OK
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _weekday(text: str) -> int:
+    key = text.strip().lower()[:3]
+    if key not in WEEKDAYS:
+        raise ConfigError(f"{text!r} is not a day of the week: use mon, tue, wed, thu, fri, sat or sun.")
+    return WEEKDAYS.index(key)
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number ({what}).") from None
+
+
+def cmd_daemon(service: BackupService, args: argparse.Namespace) -> int:
+    from backup.daemon import run_daemon
+
+    path = service.config.path
+    service.close()  # the daemon makes its own service, and a new one whenever the file changes
+    with stop_on_signals() as stop:
+        # run_backup holds the shutdown inhibitor itself, for every front end.
+        return run_daemon(lambda: BackupService(load_config(path)), stop=stop, clock=local_now,
+                          log=lambda line: print(line, flush=True), inhibit=None)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

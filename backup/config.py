@@ -19,6 +19,9 @@ import tomli_w
 
 from backup.errors import ConfigError
 from backup.fsutil import atomic_write_text
+from backup.operators import parse_operators
+from backup.retention import RetentionPolicy, parse_retention
+from backup.schedule import Schedule, parse_schedule
 from backup.storage.nfsurl import validate_nfs_url
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance-backup/config.toml")
@@ -61,6 +64,12 @@ class Config:
     state_dir: Path
     storage: StorageConfig
     prefix: str = ""
+    schedule: Schedule = field(default_factory=Schedule)
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    operators: dict[str, str] | None = None
+    """Login name -> "oauth" or "otp"; None when the file has no [operators] table (no account check)."""
+    max_age_hours: float | None = None
+    """[schedule] max_age_hours: the last successful backup is stale when older (default: twice the interval)."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """The whole parsed document, unknown keys included."""
 
@@ -144,7 +153,13 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     problem = validate_prefix(prefix)
     if problem:
         raise ConfigError(f"In {path}, [backup] prefix: {problem}")
-    return Config(path=path, appliance=appliance, state_dir=state_dir, storage=storage, prefix=prefix, raw=raw)
+    schedule = parse_schedule(raw, path)
+    max_age = raw.get("schedule", {}).get("max_age_hours") if isinstance(raw.get("schedule"), dict) else None
+    if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age <= 0):
+        reader.fail("schedule", "max_age_hours", f"must be a positive number of hours (without quotes), not {max_age!r}")
+    return Config(path=path, appliance=appliance, state_dir=state_dir, storage=storage, prefix=prefix,
+                  schedule=schedule, retention=parse_retention(raw, path), operators=parse_operators(raw, path),
+                  max_age_hours=float(max_age) if max_age is not None else None, raw=raw)
 
 
 def update_config(config: Config, changes: dict[str, dict[str, Any]]) -> Config:

@@ -17,6 +17,7 @@ Only the standard library and tomli-w are used; no Textual import.
 from __future__ import annotations
 
 import base64
+import getpass
 import functools
 import random
 import sqlite3
@@ -162,8 +163,23 @@ def create_demo_appliance(directory: Path, *, seed: int = 1) -> Path:
         database=database,
         state_dir=state,
         storage_dir=storage,
+        extra=demo_policies(),
     )
     return config
+
+
+def demo_policies() -> dict[str, dict[str, object]]:
+    """The demo's schedule (off until the operator turns it on), retention, and operator accounts:
+    whoever runs the demo signs in with OAuth, and one OTP account shows the refusal."""
+    try:
+        login = getpass.getuser()
+    except (OSError, KeyError):
+        login = "operator"
+    return {
+        "schedule": {"enabled": False, "cron": "0 2 * * *"},
+        "retention": {"keep_last": 3, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6},
+        "operators": {login: "oauth", "otp-operator": "otp"},
+    }
 
 
 def write_appliance_config(
@@ -176,8 +192,9 @@ def write_appliance_config(
     state_dir: Path,
     storage_dir: Path,
     prefix: str = "",
+    extra: Mapping[str, dict[str, object]] | None = None,
 ) -> None:
-    """Write an appliance `config.toml` with absolute paths and local storage.
+    """Write an appliance `config.toml` with absolute paths and local storage, plus the `extra` tables.
 
     No Domain Master Secret is set: that is the operator's first step.
     """
@@ -191,6 +208,7 @@ def write_appliance_config(
         "state": {"dir": str(Path(state_dir).absolute())},
         "storage": {"type": "local", "path": str(Path(storage_dir).absolute())},
         "backup": {"prefix": prefix},
+        **(extra or {}),
     }
     Path(path).write_text(tomli_w.dumps(document), encoding="utf-8")
 

@@ -97,3 +97,9 @@ class BackupNotFoundError(BackupError):
 
 class InterruptedRunError(BackupError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class SlotAlreadyDoneError(BackupError):
+    """A scheduled slot was already run (by the daemon or an open console): it is not run twice."""
+
+    exit_code = ExitCode.OK

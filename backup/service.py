@@ -14,8 +14,8 @@ import secrets
 import shutil
 import tarfile
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable
 
@@ -28,9 +28,11 @@ from backup.errors import (
     ConfigError,
     IntegrityError,
     InterruptedRunError,
+    SlotAlreadyDoneError,
     WrongDmsError,
 )
 from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir, sync_filesystem
+from backup.inhibit import shutdown_inhibitor
 from backup.journal import RunJournal, RunRecord
 from backup.lock import RunLock, is_locked, pid_alive, read_holder
 from backup.payload import (
@@ -43,18 +45,19 @@ from backup.payload import (
     scan_directory,
     walk_payload,
 )
+from backup.operators import check_operator
 from backup.progress import ProgressCallback, Tracker
+from backup.retention import Decision, plan
+from backup.schedule import interval_estimate, local_now, local_timezone, next_runs, slot_already_done, slot_detail
 from backup.secret import DomainMasterSecret, SecretInfo
 from backup.storage import PARTIAL_SUFFIX, Storage, open_storage
 
 BACKUP_SUFFIX = ".abk"
 NAME_STAMP = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk$")
+OWN_SUFFIX = r"-\d{8}T\d{6}Z-[0-9a-f]{6}\.abk"
+"""What follows `[<prefix>-]<appliance>` in the name of a backup this appliance wrote."""
 KEEP_ROLLBACKS = 2
 """Rollback copies kept after restores (older ones are removed)."""
-
-
-def local_now() -> datetime:
-    return datetime.now().astimezone()
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class BackupResult:
     size: int
     duration: float
     source_bytes: int
+    pruned: list[str] = field(default_factory=list)
+    """Older backups that [retention] removed after this one succeeded."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,9 @@ class StatusReport:
     secret: SecretInfo = field(default_factory=lambda: SecretInfo(False))
     storage: str = ""
     next_scheduled: datetime | None = None
+    """None when the schedule is disabled ("Schedule Disabled")."""
+    stale: str | None = None
+    """A sentence when the last successful backup is too old (see BackupService._staleness)."""
 
     @property
     def state(self) -> str:
@@ -213,6 +221,9 @@ class BackupService:
             storage = self.storage.description
         except BackupError as exc:
             storage = str(exc)
+        now = self.clock()
+        schedule = self.config.schedule
+        upcoming = next_runs(schedule, now, 1) if schedule.enabled else []
         return StatusReport(
             running=running,
             task=holder.task if running and holder else None,
@@ -222,28 +233,63 @@ class BackupService:
             recent=list(reversed(finished))[:recent],
             secret=self.secret.info(),
             storage=storage,
+            next_scheduled=upcoming[0] if upcoming else None,
+            stale=self._staleness(last_success, now),
         )
+
+    def _staleness(self, last_success: RunRecord | None, now: datetime) -> str | None:
+        """A sentence when the newest good backup is too old, even if no run reported a failure."""
+        if self.config.max_age_hours is not None:
+            limit = timedelta(hours=self.config.max_age_hours)
+            why = f"the configured maximum age of {self.config.max_age_hours:g} h"
+        elif self.config.schedule.enabled:
+            limit = 2 * interval_estimate(self.config.schedule)
+            why = "twice the schedule's interval"
+        else:
+            return None
+        if last_success is None or last_success.ended_at is None:
+            return f"No backup has succeeded yet, and {why} allows at most {_hours(limit)} without one."
+        age = now - last_success.ended_at
+        if age > limit:
+            return (f"The last successful backup is {_hours(age)} old, more than {why} ({_hours(limit)}): "
+                    "check why scheduled backups are not succeeding.")
+        return None
 
     # ------------------------------------------------------------ backup
 
-    def run_backup(self, *, progress: ProgressCallback | None = None,
-                   cancel: threading.Event | None = None) -> BackupResult:
-        kek = self.secret.kek()
+    def run_backup(self, *, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                   slot: datetime | None = None, catch_up: bool = False, operator: str | None = None) -> BackupResult:
+        """Back up now. `slot` marks a scheduled run: it runs at most once, whoever sees it first.
+
+        The operator (`operator`, else the OS login name) is checked against [operators] for runs an
+        operator starts; scheduled runs are the appliance's own and are not tied to an operator.
+        """
+        if slot is None:
+            check_operator(self.config.raw, self.config.path, operator)
         started = self.clock()
         with RunLock(self.state_dir, "backup", now=started):
             self.recover_unlocked()
+            if slot is not None and slot_already_done(self.journal.runs(), slot):
+                raise SlotAlreadyDoneError(f"The scheduled backup of {slot.isoformat(timespec='minutes')} already ran.")
             name = self.new_backup_name(started)
-            run_id = self.journal.start("backup", now=started, name=name)
+            run_id = self.journal.start("backup", now=started, name=name,
+                                        detail=slot_detail(slot, catch_up) if slot is not None else None)
             try:
-                result = self._write_backup(name, kek, progress, cancel, started)
+                kek = self.secret.kek()  # inside the journalled part: a scheduled run without a DMS shows why
+                with shutdown_inhibitor("Backup in progress") as inhibitor:
+                    result = self._write_backup(name, kek, progress, cancel, started, inhibitor.status_line)
             except BaseException as exc:
                 self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
                 raise
             self.journal.end(run_id, "ok", now=self.clock(), name=name, size=result.size)
-            return result
+        try:
+            pruned = [d.name for d in self.prune() if not d.keep]
+        except BackupError:
+            pruned = []  # the backup stands; `prune --dry-run` shows what retention would do and why it failed
+        return replace(result, pruned=pruned)
 
     def _write_backup(self, name: str, kek: KeyEncryptionKey, progress: ProgressCallback | None,
-                      cancel: threading.Event | None, started: datetime) -> BackupResult:
+                      cancel: threading.Event | None, started: datetime, inhibitor: str) -> BackupResult:
         appliance = self.config.appliance
         scans = []
         for component, key in (("firmware", appliance.firmware), ("system", appliance.system)):
@@ -258,8 +304,7 @@ class BackupService:
         tmp_dir = self.state_dir / "tmp"
         ensure_private_dir(tmp_dir)
         db_copy = tmp_dir / f"{name}.db"
-        publish = self._progress_publisher(progress)
-        tracker = Tracker("backup", publish, cancel)
+        tracker = Tracker("backup", self._progress_publisher(progress, inhibitor=inhibitor), cancel)
         try:
             tracker.set_stage("Snapshotting the internal database")
             db_bytes = database.snapshot(appliance.database, db_copy)
@@ -296,19 +341,55 @@ class BackupService:
         return BackupResult(name=name, size=size, duration=(self.clock() - started).total_seconds(),
                             source_bytes=manifest["total_bytes"])
 
-    def _progress_publisher(self, progress: ProgressCallback | None) -> ProgressCallback:
+    def _progress_publisher(self, progress: ProgressCallback | None, **extra: str) -> ProgressCallback:
         """Publish each report (at most ten a second, see Tracker) for `status` in other processes, then pass it on."""
 
         def publish(p) -> None:
             try:
                 self.journal.write_progress({"task": p.task, "stage": p.stage, "done": p.done, "total": p.total,
-                                             "written": p.written, "elapsed": round(p.elapsed, 3)})
+                                             "written": p.written, "elapsed": round(p.elapsed, 3), **extra})
             except OSError:
                 pass
             if progress is not None:
                 progress(p)
 
         return publish
+
+    # ------------------------------------------------------------ retention
+
+    def is_own_backup(self, name: str) -> bool:
+        """Whether `name` is a backup file this appliance writes (with its current prefix)."""
+        prefix = f"{re.escape(self.config.prefix)}-" if self.config.prefix else ""
+        return re.fullmatch(prefix + re.escape(self.config.appliance.name) + OWN_SUFFIX, name) is not None
+
+    def prune(self, *, dry_run: bool = False) -> list[Decision]:
+        """Apply [retention] to this appliance's backups; other files in the storage are never touched.
+
+        Never deletes the newest backup, the newest successfully verified one, or one being read.
+        """
+        backups = [b for b in self.list_backups() if self.is_own_backup(b.name)]
+        present = {b.name for b in backups}
+        runs = self.journal.runs()
+        protected = {r.name for r in runs if r.kind in ("verify", "restore") and r.result is None
+                     and r.name in present and pid_alive(r.pid)}
+        verified = [r for r in runs if r.kind == "verify" and r.result == "ok" and r.name in present]
+        if verified:
+            by_name = {b.name: b.created_at for b in backups}
+            protected.add(max(verified, key=lambda r: by_name[r.name]).name)
+        decisions = plan([(b.name, b.created_at) for b in backups], self.config.retention, protected,
+                         tz=local_timezone())
+        doomed = [d.name for d in decisions if not d.keep]
+        if dry_run or not doomed:
+            return decisions
+        run_id = self.journal.start("prune", now=self.clock(), detail="delete " + " ".join(doomed))
+        try:
+            for name in doomed:
+                self.storage.delete(name)
+        except BaseException as exc:
+            self.journal.end(run_id, _result_word(exc), now=self.clock(), error=describe(exc))
+            raise
+        self.journal.end(run_id, "ok", now=self.clock())
+        return decisions
 
     # ------------------------------------------------------------ listing and details
 
@@ -386,14 +467,17 @@ class BackupService:
     # ------------------------------------------------------------ restore
 
     def restore(self, name: str, *, passphrase: str | None = None, progress: ProgressCallback | None = None,
-                cancel: threading.Event | None = None) -> RestoreResult:
+                cancel: threading.Event | None = None, operator: str | None = None) -> RestoreResult:
         """Return the appliance to the backup's state; on any failure the previous state stays or comes back."""
+        check_operator(self.config.raw, self.config.path, operator)
         started = self.clock()
         with RunLock(self.state_dir, "restore", now=started):
             self.recover_unlocked()
             run_id = self.journal.start("restore", now=started, name=name)
             try:
-                result = self._restore(name, passphrase, progress, cancel, run_id)
+                with shutdown_inhibitor("Restore in progress") as inhibitor:
+                    publish = self._progress_publisher(progress, inhibitor=inhibitor.status_line)
+                    result = self._restore(name, passphrase, publish, cancel, run_id)
             except BaseException as exc:
                 self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
                 raise
@@ -595,6 +679,11 @@ def created_at(name: str, mtime: float) -> datetime:
     if match:
         return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
     return datetime.fromtimestamp(mtime, tz=timezone.utc)
+
+
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} h"
 
 
 def _result_word(exc: BaseException) -> str:

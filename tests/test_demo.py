@@ -70,7 +70,9 @@ def test_config_has_the_contract_keys_with_absolute_existing_paths(demo: Path) -
     assert not any(paths["state"].iterdir())
     assert stat.S_IMODE(paths["state"].stat().st_mode) == 0o700
     # No Domain Master Secret: the operator sets it first.
-    assert set(config) == {"appliance", "state", "storage", "backup"}
+    assert set(config) == {"appliance", "state", "storage", "backup", "schedule", "retention", "operators"}
+    assert config["schedule"]["enabled"] is False
+    assert sorted(config["operators"].values()) == ["oauth", "otp"]
 
 
 def test_trees_have_the_expected_shape(demo: Path) -> None:
