@@ -149,6 +149,11 @@ class BackupService:
             self._storage = open_storage(self.config)
         return self._storage
 
+    def reload(self, config: Config) -> None:
+        """Use a new configuration (after Save Settings); the storage is opened anew from it when next needed."""
+        self.close()
+        self.config = config
+
     def close(self) -> None:
         """Release the storage (an NFS connection or kernel mount). The service opens it again when needed."""
         storage, self._storage = self._storage, None
@@ -265,7 +270,10 @@ class BackupService:
         operator starts; scheduled runs are the appliance's own and are not tied to an operator.
         """
         if slot is None:
+            # Refusals of an operator's request are answered at once, not journalled as runs;
+            # a scheduled run journals them, so the status says why it did not happen.
             check_operator(self.config.raw, self.config.path, operator)
+            self.secret.kek()
         started = self.clock()
         with RunLock(self.state_dir, "backup", now=started):
             self.recover_unlocked()

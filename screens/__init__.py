@@ -1,0 +1,1 @@
+"""Provides the console's screens: Status, Settings, Storage, and small dialogs."""

@@ -1,0 +1,21 @@
+"""Provides ConsoleScreen: a mode screen with a title line on top and the key footer below."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+
+class ConsoleScreen(Screen):
+    """Base of the mode screens. Subclasses give SCREEN_TITLE and compose_body()."""
+
+    SCREEN_TITLE = ""
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"appliance-backup | {self.SCREEN_TITLE}", id="title-bar", markup=False)
+        yield from self.compose_body()
+        yield Footer(show_command_palette=not self.app.serial)
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()

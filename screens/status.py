@@ -1,0 +1,87 @@
+"""Provides StatusScreen: the Backup Status Information, the running backup, and recent runs."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import Static
+
+from backup.progress import Progress
+from backup.service import StatusReport
+from screens.base import ConsoleScreen
+from widgets.recent_runs import RecentRuns, SizeTrend
+from widgets.run_progress import RunProgress
+from widgets.status_table import StatusTable
+
+
+def progress_from(data: dict | None) -> Progress | None:
+    """The Progress another process published (StatusReport.progress), or None when unreadable."""
+    if not data:
+        return None
+    try:
+        return Progress(task=str(data.get("task", "backup")), stage=str(data.get("stage", "")),
+                        done=int(data.get("done", 0)), total=int(data["total"]) if data.get("total") else None,
+                        written=int(data.get("written", 0)), elapsed=float(data.get("elapsed", 0.0)))
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+class StatusScreen(ConsoleScreen):
+    """Mode "status" (key 1)."""
+
+    SCREEN_TITLE = "Status"
+
+    def compose_body(self) -> ComposeResult:
+        glyphs = self.app.glyphs
+        yield Static("Backup Status Information", classes="section-title")
+        yield StatusTable(id="status-table")
+        yield Static("", id="stale", markup=False)
+        yield RunProgress(glyphs, id="run-progress")
+        yield Static("", id="notice", markup=False)
+        yield Static("Recent Runs", classes="section-title")
+        yield SizeTrend(glyphs, id="size-trend")
+        yield RecentRuns(id="recent-runs")
+
+    def on_mount(self) -> None:
+        self.query_one(RunProgress).display = False
+        self.query_one("#notice").display = False
+        self.query_one("#stale").display = False
+        self.watch(self.app, "report", self._show_report)
+        self.watch(self.app, "progress", self._show_progress)
+        self.watch(self.app, "backup_running", self._show_running)
+        self.watch(self.app, "notice", self._show_notice)
+
+    def _show_report(self, report: StatusReport | None) -> None:
+        if report is None:
+            return
+        now = self.app.clock()
+        self.query_one(StatusTable).show(report, now, running_here=self.app.backup_running)
+        self.query_one(RecentRuns).show(report.recent, now)
+        sizes = [r.size for r in reversed(report.recent) if r.result == "ok" and r.size is not None]
+        self.query_one(SizeTrend).sizes = tuple(sizes[-30:])
+        stale = report.stale or ""
+        self.query_one("#stale", Static).update(stale)
+        self.query_one("#stale").display = bool(stale)
+        self._show_notice(self.app.notice)
+        if not self.app.backup_running:
+            # A run of another process (the scheduler, `appliance-backup run`): its published progress.
+            other = progress_from(report.progress) if report.running else None
+            self.query_one(RunProgress).display = other is not None
+            self.query_one(RunProgress).progress = other
+
+    def _show_progress(self, progress: Progress | None) -> None:
+        self.query_one(RunProgress).progress = progress
+
+    def _show_running(self, running: bool) -> None:
+        self.query_one(RunProgress).display = running
+        if running:
+            self.query_one(RunProgress).progress = self.app.progress
+        if self.app.report is not None:
+            self._show_report(self.app.report)
+
+    def _show_notice(self, notice: str) -> None:
+        # A refusal the core journaled is already the table's "could not be created" row: say it once.
+        report = self.app.report
+        journaled = report is not None and report.last_failure is not None and report.last_failure.error == notice
+        widget = self.query_one("#notice", Static)
+        widget.update(notice)
+        widget.display = bool(notice) and not journaled

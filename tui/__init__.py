@@ -1,0 +1,1 @@
+"""Provides the appliance-backup console: a Textual app over the backup core."""

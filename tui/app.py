@@ -1,0 +1,363 @@
+"""Provides BackupConsole, the Textual App of appliance-backup, and `run_console`.
+
+The App holds the modes (Status, Settings, Storage), the global plain-key
+bindings, the theme, and the worker wiring: every call into the core runs on
+a thread worker and comes back as a message from tui.messages. The latest
+state lives in `var`s on the App that the screens watch, so a screen that is
+not shown keeps up to date without asking the core itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from datetime import datetime, tzinfo
+from typing import Any
+
+from textual import on, work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.message_pump import MessagePump
+from textual.reactive import var
+from textual.screen import ModalScreen, Screen
+from textual.theme import BUILTIN_THEMES
+
+from backup.archive import ScryptParams
+from backup.config import Config, update_config
+from backup.errors import DmsNotSetError, LockHeldError, OperatorRefusedError
+from backup.progress import Progress
+from backup.schedule import local_timezone
+from backup.secret import SecretInfo
+from backup.service import BackupService, StatusReport, describe, local_now
+from screens.dialogs import ConfirmQuitScreen, HelpScreen
+from screens.status import StatusScreen
+from tui import profile
+from tui.messages import (
+    Concealed,
+    BackupFailed,
+    BackupFinished,
+    BackupProgressed,
+    BackupStarted,
+    SecretChecked,
+    SecretSet,
+    SecretSetFailed,
+    SettingsSaved,
+    SettingsSaveFailed,
+    StatusRefreshed,
+    StatusUnavailable,
+)
+
+ANSI_THEME = "ansi"
+"""The theme for serial lines and the Linux console: the terminal's own 16 colours."""
+
+REFUSALS = (DmsNotSetError, LockHeldError, OperatorRefusedError)
+"""Errors by which the core refuses a backup before it starts (nothing is journaled)."""
+
+
+def _settings_screen() -> Screen:
+    from screens.settings import SettingsScreen  # imported on first use: a faster first screen
+
+    return SettingsScreen()
+
+
+def _storage_screen() -> Screen:
+    from screens.storage import StorageScreen
+
+    return StorageScreen()
+
+
+class BackupConsole(App[int]):
+    """The appliance-backup console."""
+
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    """Absolute, so that subclasses in other modules (tests, benchmarks) find it too."""
+    TITLE = "appliance-backup"
+    MODES = {"status": StatusScreen, "settings": _settings_screen, "storage": _storage_screen}
+    DEFAULT_MODE = "status"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [
+        Binding("1", "show_mode('status')", "Status", id="status"),
+        Binding("2", "show_mode('settings')", "Settings", id="settings"),
+        Binding("3", "show_mode('storage')", "Storage", id="storage"),
+        Binding("b", "back_up_now", "Back up now", id="back-up-now"),
+        Binding("question_mark", "help", "Help", key_display="?", id="help"),
+        Binding("q", "quit", "Quit", id="quit"),
+        # ctrl+q is XON on a serial line; it stays as a second key but must ask like q.
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
+
+    report: var[StatusReport | None] = var(None, always_update=True)
+    """The latest status report from the core."""
+    secret: var[SecretInfo | None] = var(None, always_update=True)
+    """Whether and when the Domain Master Secret was set (never the secret)."""
+    progress: var[Progress | None] = var(None, always_update=True)
+    """Progress of the backup this console runs, None when it runs none."""
+    backup_running: var[bool] = var(False)
+    """Whether this console runs a backup right now."""
+    notice: var[str] = var("")
+    """The last sentence about a refused or failed "back up now", shown on the Status screen."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        service: BackupService | None = None,
+        clock: Callable[[], datetime] | None = None,
+        serial: bool | None = None,
+        theme: str | None = None,
+        refresh_interval: float | None = 2.0,
+        blink_cursor: bool = True,
+    ) -> None:
+        """
+        Args:
+            config: The appliance's configuration.
+            service: The core facade; made from `config` and `clock` when not given.
+            clock: Time source for what is shown; the service's clock when not given.
+            serial: Serial-console profile (ANSI theme, ASCII glyphs); from $TERM when None.
+            theme: A theme name to start with; "ansi" on a serial console, else Textual's default.
+            refresh_interval: Seconds between status refreshes; None turns the timer off (tests).
+            blink_cursor: False keeps snapshots stable.
+        """
+        self.serial = profile.is_serial_terminal() if serial is None else serial
+        super().__init__()
+        self.config = config
+        self.service = service or BackupService(config, clock=clock or local_now)
+        self.clock: Callable[[], datetime] = clock or self.service.clock
+        self.schedule_tz: tzinfo | None = None if clock is not None else local_timezone()
+        """Zone of schedule times (with DST rules); None follows the injected clock's zone (tests)."""
+        self.glyphs = profile.glyphs_for(self.serial)
+        self.refresh_interval = refresh_interval
+        self.blink_cursor = blink_cursor
+        self._cancel = threading.Event()
+        self._quit_when_stopped = False
+        self.set_class(self.serial, "-serial")
+        self.register_theme(replace(BUILTIN_THEMES["ansi-dark"], name=ANSI_THEME))
+        if theme is not None:
+            self.theme = theme
+        elif self.serial:
+            self.theme = ANSI_THEME
+
+    # ------------------------------------------------------------ start
+
+    def on_mount(self) -> None:
+        self._watch_sigterm()
+        self.start_up()
+        if self.refresh_interval:
+            self.set_interval(self.refresh_interval, self.refresh_status, name="status refresh")
+
+    @work(thread=True, exclusive=True, group="status", exit_on_error=False, description="recover and read the status")
+    def start_up(self) -> None:
+        """Close what a crashed run left behind, then read the first status."""
+        try:
+            self.service.recover()
+        except Exception:  # recovery is best effort; the status below says what is wrong
+            pass
+        self._read_status()
+
+    @work(thread=True, exclusive=True, group="status", exit_on_error=False, description="read the status")
+    def refresh_status(self) -> None:
+        self._read_status()
+
+    def _read_status(self) -> None:
+        try:
+            report = self.service.status()
+        except Exception as exc:
+            self.post_message(StatusUnavailable(describe(exc)))
+            return
+        self.post_message(StatusRefreshed(report))
+
+    def on_status_refreshed(self, message: StatusRefreshed) -> None:
+        self.report = message.report
+        self.secret = message.report.secret
+
+    def on_status_unavailable(self, message: StatusUnavailable) -> None:
+        self.notify(message.sentence, title="Status unavailable", severity="error", markup=False)
+
+    # ------------------------------------------------------------ modes, help, palette
+
+    def action_show_mode(self, mode: str) -> None:
+        self.switch_mode(mode)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Behind a dialog the global keys stay quiet; the dialog has its own.
+        if isinstance(self.screen, ModalScreen) and action in ("show_mode", "back_up_now", "help"):
+            return False
+        return True
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield SystemCommand("Status", "Show the backup status (key 1)", lambda: self.action_show_mode("status"))
+        yield SystemCommand("Settings", "Domain Master Secret, filename prefix, schedule (key 2)",
+                            lambda: self.action_show_mode("settings"))
+        yield SystemCommand("Storage", "Where backups are kept (key 3)", lambda: self.action_show_mode("storage"))
+        yield SystemCommand("Back up now", "Create a backup of this appliance now (key b)", self.action_back_up_now)
+        yield SystemCommand("Help", "Keys and what each screen does (key ?)", self.action_help)
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":
+                yield command
+        yield SystemCommand("Quit", "Leave the console (key q); asks first while a backup runs", self.action_quit)
+
+    # ------------------------------------------------------------ back up now
+
+    def action_back_up_now(self) -> None:
+        if self.backup_running:
+            self._refuse("A backup started from this console is already running: wait for it to finish.")
+            return
+        self._cancel = threading.Event()
+        self.backup_running = True
+        self.notice = ""
+        self.post_message(BackupStarted())
+        self.run_backup(self._cancel)
+
+    @work(thread=True, exclusive=True, group="backup", exit_on_error=False, description="back up now")
+    def run_backup(self, cancel: threading.Event) -> None:
+        def report(progress: Progress) -> None:
+            self.post_message(BackupProgressed(progress))
+
+        try:
+            result = self.service.run_backup(progress=report, cancel=cancel)
+        except REFUSALS as exc:
+            self.post_message(BackupFailed(exc.message, refused=True))
+        except Exception as exc:
+            self.post_message(BackupFailed(describe(exc), refused=False))
+        else:
+            self.post_message(BackupFinished(result))
+
+    def on_backup_progressed(self, message: BackupProgressed) -> None:
+        if self.backup_running:
+            self.progress = message.progress
+
+    def on_backup_finished(self, message: BackupFinished) -> None:
+        self._backup_ended()
+        pruned = message.result.pruned
+        removed = f" Retention removed {len(pruned)} older backup{'s' if len(pruned) != 1 else ''}." if pruned else ""
+        self.notify(f"The backup {message.result.name} was created.{removed}", title="Backup created", markup=False)
+        self._after_backup()
+
+    def on_backup_failed(self, message: BackupFailed) -> None:
+        self._backup_ended()
+        if message.refused:
+            self._refuse(message.sentence)
+        else:
+            self.notice = message.sentence
+            self.notify(message.sentence, title="The backup could not be created", severity="error", timeout=10, markup=False)
+        self._after_backup()
+
+    def _refuse(self, sentence: str) -> None:
+        self.notice = sentence
+        self.notify(sentence, title="Back up now refused", severity="warning", timeout=8, markup=False)
+
+    def _backup_ended(self) -> None:
+        self.backup_running = False
+        self.progress = None
+
+    def _after_backup(self) -> None:
+        if self._quit_when_stopped:
+            self.exit(0)
+            return
+        self.refresh_status()
+
+    # ------------------------------------------------------------ quit
+
+    async def action_quit(self) -> None:
+        """Quit; while a backup runs, ask first (the appliance must not restart during a backup)."""
+        if not self.backup_running:
+            self.exit(0)
+            return
+        if isinstance(self.screen, ConfirmQuitScreen):
+            return
+        self.push_screen(ConfirmQuitScreen(), self._quit_answered)
+
+    def _quit_answered(self, stop: bool | None) -> None:
+        if not stop:
+            return
+        self.stop_and_exit()
+        if self.backup_running:
+            self.notify("Stopping the backup; the console closes when it has cleaned up.", title="Stopping", markup=False)
+
+    def _watch_sigterm(self) -> None:
+        """SIGTERM (shutdown, `systemctl stop`) stops a running backup cleanly, then the console exits."""
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stop_and_exit)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            pass
+
+    def on_unmount(self) -> None:
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+
+    def stop_and_exit(self) -> None:
+        """Stop the running backup (nothing partial is kept) and exit once it has cleaned up."""
+        if not self.backup_running:
+            self.exit(0)
+            return
+        self._quit_when_stopped = True
+        self._cancel.set()
+
+    # ------------------------------------------------------------ settings
+
+    @work(thread=True, exclusive=True, group="secret", exit_on_error=False, description="set the Domain Master Secret")
+    def set_secret(self, passphrase: Concealed, reply_to: MessagePump) -> None:
+        """Set the DMS; the answer goes to `reply_to` (and bubbles up to the App)."""
+        try:
+            info = self.service.set_secret(passphrase.reveal())
+        except Exception as exc:
+            reply_to.post_message(SecretSetFailed(describe(exc)))
+            return
+        reply_to.post_message(SecretSet(info))
+
+    @work(thread=True, exclusive=True, group="secret", exit_on_error=False, description="check a passphrase")
+    def check_secret(self, passphrase: Concealed, reply_to: MessagePump) -> None:
+        """Whether `passphrase` is the DMS (runs the KDF); the answer goes to `reply_to`."""
+        try:
+            matches = self.service.check_secret(passphrase.reveal())
+        except Exception as exc:
+            reply_to.post_message(SecretChecked(None, describe(exc)))
+            return
+        reply_to.post_message(SecretChecked(matches))
+
+    @on(SecretSet)
+    def _secret_set(self, message: SecretSet) -> None:
+        self.secret = message.info
+        self.notify("The Domain Master Secret is set. Keep a copy in a safe place.", title="Secret set", markup=False)
+        self.refresh_status()
+
+    @work(thread=True, exclusive=True, group="settings", exit_on_error=False, description="save the settings")
+    def save_settings(self, changes: dict[str, dict[str, Any]], reply_to: MessagePump) -> None:
+        """Validate and write `changes` atomically; the answer goes to `reply_to`."""
+        try:
+            config = update_config(self.config, changes)
+        except Exception as exc:
+            reply_to.post_message(SettingsSaveFailed(describe(exc)))
+            return
+        reply_to.post_message(SettingsSaved(config))
+
+    @on(SettingsSaved)
+    def _settings_saved(self, message: SettingsSaved) -> None:
+        self.config = message.config
+        # The service reads the prefix from its config when it names the next backup.
+        self.service.reload(message.config)
+        self.notify("The settings were saved.", title="Settings saved", markup=False)
+        self.refresh_status()
+
+
+def run_console(config: Config, *, theme: str | None = None, kdf_params: ScryptParams | None = None) -> int:
+    """Open the console on `config`; returns the exit code."""
+    profile.ensure_terminal_size()
+    service = BackupService(config, kdf_params=kdf_params) if kdf_params else None
+    app = BackupConsole(config, service=service, theme=theme)
+    result = app.run()
+    if app.return_code not in (None, 0):
+        return int(app.return_code)
+    return int(result or 0)
+
+
+__all__ = ["BackupConsole", "Concealed", "run_console", "ANSI_THEME"]

@@ -1,0 +1,128 @@
+"""Provides the messages the console's workers and widgets send: small dataclasses, one module.
+
+Workers run the core on threads and post these to the App; the App keeps the
+latest state and the screens render it. No message ever carries a secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from backup.config import Config
+from backup.progress import Progress
+from backup.secret import SecretInfo
+from backup.service import BackupResult, StatusReport
+
+
+class Concealed:
+    """A secret on its way to a worker. Its repr, which Textual puts into worker
+    descriptions and message dumps, hides it; only `reveal()` gives it.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Concealed('********')"
+
+    __str__ = __repr__
+
+
+@dataclass
+class SecretSubmitted(Message):
+    """The operator asked to set the DMS with a passphrase that passed the form's checks."""
+
+    passphrase: Concealed
+
+
+@dataclass
+class SecretCheckRequested(Message):
+    """The operator asked whether a passphrase is the DMS."""
+
+    passphrase: Concealed
+
+
+@dataclass
+class StatusRefreshed(Message):
+    """A fresh status report was read from the core."""
+
+    report: StatusReport
+
+
+@dataclass
+class BackupStarted(Message):
+    """A manual backup worker began (the core may still refuse it)."""
+
+
+@dataclass
+class BackupProgressed(Message):
+    """A progress report of the running backup; a newer one replaces an older one in the queue."""
+
+    progress: Progress
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, BackupProgressed)
+
+
+@dataclass
+class BackupFinished(Message):
+    """The backup was written and committed to the storage."""
+
+    result: BackupResult
+
+
+@dataclass
+class BackupFailed(Message):
+    """The backup was refused or failed; `sentence` is what the operator sees."""
+
+    sentence: str
+    refused: bool
+    """True when the core refused before starting (no DMS, lock held, operator not allowed)."""
+
+
+@dataclass
+class SecretSet(Message):
+    """The Domain Master Secret was set."""
+
+    info: SecretInfo
+
+
+@dataclass
+class SecretSetFailed(Message):
+    """Setting the Domain Master Secret failed; `sentence` never contains the secret."""
+
+    sentence: str
+
+
+@dataclass
+class SecretChecked(Message):
+    """The answer to "is this the DMS?"; None when no answer could be given."""
+
+    matches: bool | None
+    sentence: str = ""
+
+
+@dataclass
+class SettingsSaved(Message):
+    """The configuration file was written; `config` is what it now holds."""
+
+    config: Config
+
+
+@dataclass
+class SettingsSaveFailed(Message):
+    sentence: str
+
+
+@dataclass
+class StatusUnavailable(Message):
+    """The status could not be read; `sentence` says why."""
+
+    sentence: str
