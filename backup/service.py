@@ -453,6 +453,17 @@ class BackupService:
                              opens_with_this_dms=opens, manifest=manifest,
                              last_verification=verifications[-1] if verifications else None)
 
+    def delete_backup(self, name: str) -> None:
+        """Delete one backup file (the operator asked, after a confirmation); journalled."""
+        self._open(name).close()  # the same name checks as every other operation
+        run_id = self.journal.start("delete", now=self.clock(), name=name)
+        try:
+            self.storage.delete(name)
+        except BaseException as exc:
+            self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
+            raise
+        self.journal.end(run_id, "ok", now=self.clock(), name=name)
+
     # ------------------------------------------------------------ verify
 
     def verify(self, name: str, *, passphrase: str | None = None, progress: ProgressCallback | None = None,

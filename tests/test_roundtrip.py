@@ -133,3 +133,16 @@ def test_only_the_newest_rollback_copies_are_kept(service: BackupService) -> Non
     kept = [service.restore(name).rollback_dir for _ in range(KEEP_ROLLBACKS + 2)]
     remaining = sorted((service.state_dir / "rollback").iterdir())
     assert remaining == sorted(kept[-KEEP_ROLLBACKS:])
+
+
+def test_delete_a_backup(service: BackupService) -> None:
+    from backup.errors import BackupNotFoundError
+
+    name = service.run_backup().name
+    service.delete_backup(name)
+    assert service.list_backups() == []
+    assert service.journal.runs()[-1].kind == "delete" and service.journal.runs()[-1].result == "ok"
+    with pytest.raises(BackupNotFoundError):
+        service.delete_backup(name)
+    with pytest.raises(BackupNotFoundError):
+        service.delete_backup("../config.toml")
