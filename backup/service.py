@@ -56,6 +56,8 @@ BACKUP_SUFFIX = ".abk"
 NAME_STAMP = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk$")
 OWN_SUFFIX = r"-\d{8}T\d{6}Z-[0-9a-f]{6}\.abk"
 """What follows `[<prefix>-]<appliance>` in the name of a backup this appliance wrote."""
+STALE_PARTIAL_RUNS = 50
+"""How many of the newest journalled runs recovery checks for partial files left behind."""
 KEEP_ROLLBACKS = 2
 """Rollback copies kept after restores (older ones are removed)."""
 
@@ -192,13 +194,20 @@ class BackupService:
         return closed
 
     def _remove_stale_partials(self) -> None:
-        """Partials this appliance's finished runs left (the storage was unreachable when they failed)."""
+        """Partials that recent failed runs left (the storage was unreachable when they failed).
+
+        Looks at the storage only when such a run exists, so `status` does not touch a network
+        share on every call.
+        """
+        recent = self.journal.runs()[-STALE_PARTIAL_RUNS:]
+        mine = {r.name + PARTIAL_SUFFIX for r in recent
+                if r.kind == "backup" and r.name and r.result in ("failed", "interrupted")}
+        if not mine:
+            return
         try:
             present = {e.name for e in self.storage.list("") if e.name.endswith(PARTIAL_SUFFIX)}
         except BackupError:
             return
-        mine = {r.name + PARTIAL_SUFFIX for r in self.journal.runs()
-                if r.kind == "backup" and r.name and r.result is not None}
         for name in sorted(present & mine):
             self._remove_partial(name[: -len(PARTIAL_SUFFIX)])
 
@@ -290,10 +299,10 @@ class BackupService:
                 self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
                 raise
             self.journal.end(run_id, "ok", now=self.clock(), name=name, size=result.size)
-        try:
-            pruned = [d.name for d in self.prune() if not d.keep]
-        except BackupError:
-            pruned = []  # the backup stands; `prune --dry-run` shows what retention would do and why it failed
+            try:  # still under the lock, so no restore can start reading what retention removes
+                pruned = [d.name for d in self.prune() if not d.keep]
+            except BackupError:
+                pruned = []  # the backup stands; `prune --dry-run` shows what retention would do and why
         return replace(result, pruned=pruned)
 
     def _write_backup(self, name: str, kek: KeyEncryptionKey, progress: ProgressCallback | None,
