@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Encrypted backups of this appliance: with no command, opens the console.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="PATH", help="the appliance's configuration file")
+    parser.add_argument("--theme", metavar="NAME",
+                        help='console colours: a Textual theme, e.g. "ansi" (default on TERM=linux/vt100)')
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -121,7 +123,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command is None:
         from tui.app import run_console  # Textual is imported only for the console
 
-        return run_console(config)
+        return run_console(config, theme=args.theme)
     service = BackupService(config)
     try:
         service.recover()

@@ -126,3 +126,66 @@ class StatusUnavailable(Message):
     """The status could not be read; `sentence` says why."""
 
     sentence: str
+
+
+# ---------------------------------------------------------------- the storage browser
+
+
+@dataclass
+class DirectoryPageListed(Message):
+    """A page of a directory the storage browser shows; `complete` when it was the last."""
+
+    path: str
+    offset: int
+    entries: list
+    """backup.storage.Entry items, in the storage's order."""
+    complete: bool
+
+
+@dataclass
+class DirectoryListFailed(Message):
+    path: str
+    offset: int
+    sentence: str
+
+
+@dataclass
+class StorageInfoRead(Message):
+    """Permissions and disk usage of a directory; `sentence` says why they could not be read."""
+
+    path: str
+    access: tuple[bool, bool] | None
+    usage: object | None
+    """A backup.storage.Usage, or None."""
+    sentence: str = ""
+
+
+@dataclass
+class BackupDetailsRead(Message):
+    """The details of a backup file; `sentence` says why they could not be read."""
+
+    path: str
+    details: object | None
+    """A backup.service.BackupDetails, or None."""
+    sentence: str = ""
+
+
+@dataclass
+class BackupTaskProgressed(Message):
+    """Progress of a verify or restore the browser runs; a newer one replaces an older one."""
+
+    progress: Progress
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, BackupTaskProgressed)
+
+
+@dataclass
+class BackupTaskEnded(Message):
+    """A verify, restore or delete the browser ran has ended; `sentence` is what the operator sees."""
+
+    task: str
+    """"verify", "restore" or "delete"."""
+    path: str
+    ok: bool
+    sentence: str
