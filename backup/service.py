@@ -127,6 +127,8 @@ class StatusReport:
     """None when the schedule is disabled ("Schedule Disabled")."""
     stale: str | None = None
     """A sentence when the last successful backup is too old (see BackupService._staleness)."""
+    warnings: list[str] = field(default_factory=list)
+    """Sentences about the appliance's own set-up, e.g. a key file others may read."""
 
     @property
     def state(self) -> str:
@@ -249,7 +251,22 @@ class BackupService:
             storage=storage,
             next_scheduled=upcoming[0] if upcoming else None,
             stale=self._staleness(last_success, now),
+            warnings=self.security_warnings(),
         )
+
+    def security_warnings(self) -> list[str]:
+        """Loosened permissions on what protects the backups: the state directory and the key file."""
+        warnings = []
+        for path, wanted, what in ((self.state_dir, 0o700, "state directory"),
+                                   (self.secret.path, 0o600, "Domain Master Secret key file")):
+            try:
+                mode = path.stat().st_mode & 0o777
+            except OSError:
+                continue
+            if mode & ~wanted:
+                warnings.append(f"The {what} {path} has mode {mode:04o}, so other users may read it: "
+                                f"run `chmod {wanted:o} {path}`.")
+        return warnings
 
     def _staleness(self, last_success: RunRecord | None, now: datetime) -> str | None:
         """A sentence when the newest good backup is too old, even if no run reported a failure."""

@@ -258,3 +258,13 @@ def test_status_from_another_process_shows_a_running_backup(service: BackupServi
     assert 8 << 20 < progress["done"] < progress["total"]
     after = json.loads(run_cli("status", "--json", config=service.config).stdout)
     assert after["status"] == "Not Running" and after["progress"] is None
+
+
+def test_loosened_permissions_on_the_state_dir_and_key_file_are_warned(service: BackupService) -> None:
+    assert json.loads(run_cli("status", "--json", config=service.config).stdout)["warnings"] == []
+    service.state_dir.chmod(0o755)
+    (service.state_dir / "dms.key").chmod(0o644)
+    status = json.loads(run_cli("status", "--json", config=service.config).stdout)
+    assert len(status["warnings"]) == 2
+    assert "chmod 700" in status["warnings"][0] and "chmod 600" in status["warnings"][1]
+    assert "Warning:" in run_cli("status", config=service.config).stdout
