@@ -38,6 +38,7 @@ demo: venv
 
 bench: venv sysdeps
 	$(PY) bench/backup_vs_peers.py
+	$(PY) bench/console.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis $(DEMO_DIR) bench/out
