@@ -8,6 +8,7 @@ replaces the whole database in one transaction.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 from backup.errors import BackupError, ConfigError
@@ -37,6 +38,48 @@ def snapshot(source: Path, dest: Path) -> int:
     finally:
         src.close()
     return dest.stat().st_size
+
+
+def logical_size(source: Path) -> int:
+    """The database's size as a snapshot of it would be now (its WAL included), without copying it."""
+    try:
+        con = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            pages, = con.execute("PRAGMA page_count").fetchone()
+            size, = con.execute("PRAGMA page_size").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return source.stat().st_size if source.exists() else 0
+    return pages * size
+
+
+class BackgroundSnapshot:
+    """snapshot() on a thread of its own, so the copy overlaps with archiving the other components.
+
+    SQLite's backup step releases the GIL; `result()` waits and returns the size or raises.
+    """
+
+    def __init__(self, source: Path, dest: Path) -> None:
+        self._size = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(source, dest), name="backup-db-snapshot", daemon=True)
+        self._thread.start()
+
+    def _run(self, source: Path, dest: Path) -> None:
+        try:
+            self._size = snapshot(source, dest)
+        except BaseException as exc:  # raised in the caller by result()
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> int:
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._size
 
 
 def check(path: Path) -> str | None:

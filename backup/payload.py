@@ -17,11 +17,13 @@ import hashlib
 import io
 import json
 import os
+import queue
 import stat
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import zstandard
 
@@ -130,15 +132,85 @@ def build_manifest(*, appliance: str, software_version: str, created_at: str, sc
     }
 
 
+class _Stage:
+    """Runs `consume` on each item put, in order, on a thread of its own.
+
+    The queue is bounded, so a slow stage holds the one before it back and
+    memory stays flat. An error in `consume` is raised in the producer at its
+    next put() or at close(); the stage keeps draining so a producer never blocks.
+    """
+
+    _STOP = object()
+
+    def __init__(self, consume: Callable[[Any], None], *, name: str, depth: int = 8) -> None:
+        self._consume = consume
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._discard = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not self._STOP:
+            if self._error is None and not self._discard:
+                try:
+                    self._consume(item)
+                except BaseException as exc:  # handed to the producer
+                    self._error = exc
+
+    def put(self, item: Any) -> None:
+        self.raise_error()
+        self._queue.put(item)
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Wait until everything put was consumed; raise what went wrong there."""
+        self.stop()
+        self.raise_error()
+
+    def stop(self, *, discard: bool = False) -> None:
+        """End the thread once it has taken everything put before; `discard` skips what is left."""
+        self._discard = self._discard or discard
+        if self._thread.is_alive():
+            self._queue.put(self._STOP)
+            self._thread.join()
+
+
+class _QueuedSink:
+    """The zstd writer's sink: hands compressed output to the stage that encrypts and stores it."""
+
+    def __init__(self, stage: _Stage) -> None:
+        self.stage = stage
+
+    def write(self, data: bytes) -> int:
+        self.stage.put(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 class PayloadWriter:
-    """Writes tar members through zstd into `sink` (the encrypting ArchiveWriter)."""
+    """Writes tar members through zstd into `sink` (the encrypting ArchiveWriter).
+
+    Three stages overlap on a 2-core appliance: this thread reads files and
+    feeds zstd (whose workers compress in parallel), one thread hashes what
+    was read, one encrypts and writes what was compressed. Hashing, zstd and
+    file I/O release the GIL, so the stages really run at once.
+    """
 
     def __init__(self, sink: BinaryIO, tracker: Tracker, *, level: int = 3, threads: int = 2) -> None:
+        self._store = _Stage(sink.write, name="backup-store")
+        self._hash = _Stage(lambda item: item[0].update(item[1]), name="backup-hash", depth=16)
         params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, write_checksum=True)
-        self._zstd = zstandard.ZstdCompressor(compression_params=params).stream_writer(sink, closefd=False)
+        self._zstd = zstandard.ZstdCompressor(compression_params=params).stream_writer(
+            _QueuedSink(self._store), closefd=False, write_return_read=True)
         self.tracker = tracker
-        self.files: dict[str, str] = {}
-        self.components: dict[str, hashlib._Hash] = {c: hashlib.sha256() for c in COMPONENTS}
+        self._digests: list[tuple[str, Any]] = []
+        """(member name, its sha256 object): finished by the hash stage, read at close()."""
 
     def add_bytes(self, arcname: str, data: bytes, *, mtime: float) -> None:
         info = tarfile.TarInfo(arcname)
@@ -172,6 +244,7 @@ class PayloadWriter:
             info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
         info.size = size
         digest = hashlib.sha256()
+        self._digests.append((arcname, digest))
         self._header(info)
         left = size
         with open(path, "rb") as f:
@@ -180,24 +253,32 @@ class PayloadWriter:
                 if not block:
                     raise OSError(f"{path} became shorter while it was being backed up")
                 left -= len(block)
-                digest.update(block)
+                self._hash.put((digest, block))
                 self._zstd.write(block)
                 self.tracker.add(done=len(block))
         self._pad(size)
-        hexdigest = digest.hexdigest()
-        self.files[arcname] = hexdigest
-        component = arcname.split("/", 1)[0]
-        self.components[component].update(f"{hexdigest}  {arcname}\n".encode("utf-8", "surrogateescape"))
 
     def checksums(self) -> dict:
-        return {"files": self.files, "components": {c: h.hexdigest() for c, h in self.components.items()}}
+        """SHA-256 of every file and every component; call once the hash stage is done."""
+        files = {name: digest.hexdigest() for name, digest in self._digests}
+        components = {c: hashlib.sha256() for c in COMPONENTS}
+        for name, hexdigest in files.items():
+            components[name.split("/", 1)[0]].update(f"{hexdigest}  {name}\n".encode("utf-8", "surrogateescape"))
+        return {"files": files, "components": {c: h.hexdigest() for c, h in components.items()}}
 
     def close(self) -> None:
+        self._hash.close()
         data = json.dumps(self.checksums(), sort_keys=True).encode()
         self.add_bytes(CHECKSUMS_NAME, data, mtime=0)
         self._zstd.write(b"\0" * (2 * BLOCK))
         self._zstd.flush(zstandard.FLUSH_FRAME)
         self._zstd.close()
+        self._store.close()
+
+    def abort(self) -> None:
+        """Stop the stages after a failure; what was queued is dropped, nothing more is written."""
+        self._hash.stop(discard=True)
+        self._store.stop(discard=True)
 
     def _header(self, info: tarfile.TarInfo) -> None:
         self._zstd.write(info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"))

@@ -187,6 +187,8 @@ class BackupService:
     def recover_unlocked(self) -> list[RunRecord]:
         """recover() for a caller that already holds the lock."""
         closed = self.journal.recover(now=self.clock(), alive=pid_alive)
+        for leftover in (self.state_dir / "tmp").glob("*"):  # no run holds them: we hold the lock
+            leftover.unlink(missing_ok=True)
         for run in closed:
             if run.kind == "backup" and run.name:
                 self._remove_partial(run.name)
@@ -325,31 +327,27 @@ class BackupService:
     def _write_backup(self, name: str, kek: KeyEncryptionKey, progress: ProgressCallback | None,
                       cancel: threading.Event | None, started: datetime, inhibitor: str) -> BackupResult:
         appliance = self.config.appliance
-        scans = []
-        for component, key in (("firmware", appliance.firmware), ("system", appliance.system)):
-            if not key.is_dir():
-                raise ConfigError(
-                    f"The {component} configuration directory {key} does not exist: check [appliance] {component} in {self.config.path}."
-                )
-            try:
-                scans.append(scan_directory(component, key))
-            except PermissionError as exc:
-                raise BackupError(f"The {component} configuration cannot be read ({exc.filename}: permission denied): run the backup as root.") from None
+        if not appliance.database.exists():
+            raise ConfigError(f"The internal database {appliance.database} does not exist: "
+                              f"check [appliance] database in {self.config.path}.")
         tmp_dir = self.state_dir / "tmp"
         ensure_private_dir(tmp_dir)
         db_copy = tmp_dir / f"{name}.db"
         tracker = Tracker("backup", self._progress_publisher(progress, inhibitor=inhibitor), cancel)
+        tracker.set_stage("Snapshotting the internal database")
+        # The snapshot is taken while the configuration directories are archived.
+        snapshot = database.BackgroundSnapshot(appliance.database, db_copy)
         try:
-            tracker.set_stage("Snapshotting the internal database")
-            db_bytes = database.snapshot(appliance.database, db_copy)
-            tracker.check_cancel()
+            scans = self._scan_components()
             manifest = build_manifest(
                 appliance=appliance.name, software_version=__version__, created_at=started.isoformat(),
-                scans=scans, database_bytes=db_bytes, database_source=str(appliance.database),
+                scans=scans, database_bytes=database.logical_size(appliance.database),
+                database_source=str(appliance.database),
             )
             tracker.total = manifest["total_bytes"]
             out = self.storage.create(name)
             tracker.written_source = lambda: out.written
+            payload = None
             try:
                 archive = ArchiveWriter(out, kek)
                 payload = PayloadWriter(archive, tracker)
@@ -360,20 +358,37 @@ class BackupService:
                         payload.add_entry(entry)
                         tracker.check_cancel()
                 tracker.set_stage("Archiving the internal database")
+                db_bytes = snapshot.result()
                 payload.add_file(DATABASE_MEMBER, db_copy, db_bytes)
                 payload.close()
                 archive.close()
                 tracker.set_stage("Writing the backup to storage")
                 out.commit()
             except BaseException:
+                if payload is not None:
+                    payload.abort()
                 out.abort()
                 raise
         finally:
-            db_copy.unlink(missing_ok=True)
-        size = out.written
+            snapshot.wait()
+            _unlink_later(db_copy)
         tracker.set_stage("Done")
-        return BackupResult(name=name, size=size, duration=(self.clock() - started).total_seconds(),
-                            source_bytes=manifest["total_bytes"])
+        return BackupResult(name=name, size=out.written, duration=(self.clock() - started).total_seconds(),
+                            source_bytes=tracker.done)
+
+    def _scan_components(self) -> list:
+        appliance = self.config.appliance
+        scans = []
+        for component, root in (("firmware", appliance.firmware), ("system", appliance.system)):
+            if not root.is_dir():
+                raise ConfigError(
+                    f"The {component} configuration directory {root} does not exist: check [appliance] {component} in {self.config.path}."
+                )
+            try:
+                scans.append(scan_directory(component, root))
+            except PermissionError as exc:
+                raise BackupError(f"The {component} configuration cannot be read ({exc.filename}: permission denied): run the backup as root.") from None
+        return scans
 
     def _progress_publisher(self, progress: ProgressCallback | None, **extra: str) -> ProgressCallback:
         """Publish each report (at most ten a second, see Tracker) for `status` in other processes, then pass it on."""
@@ -639,6 +654,14 @@ class BackupService:
         for key in ("firmware.stage", "system.stage"):
             shutil.rmtree(paths[key], ignore_errors=True)
         paths["database.stage"].unlink(missing_ok=True)
+
+
+def _unlink_later(path: Path) -> None:
+    """Remove a large temporary file off the caller's path (freeing its blocks takes a while).
+
+    If the process ends first, recovery removes what is left in the state's tmp directory.
+    """
+    threading.Thread(target=path.unlink, kwargs={"missing_ok": True}, name="backup-cleanup", daemon=True).start()
 
 
 def _write_phase(rollback_dir: Path, phase: str) -> None:
