@@ -552,6 +552,11 @@ class BackupService:
         stages = {c: paths[f"{c}.stage"] for c in targets}
         db_stage = paths["database.stage"]
         tracker = Tracker("restore", progress, cancel)
+        # The state being replaced is copied while the backup is decrypted and staged.
+        ensure_private_dir(paths["rollback"])
+        kept = (database.BackgroundSnapshot(appliance.database, paths["rollback"] / "internal.db")
+                if appliance.database.exists() else None)
+        swapping = False
         try:
             with self._open(name) as source:
                 reader = self._reader(source, passphrase)
@@ -561,12 +566,19 @@ class BackupService:
                 summary = walk_payload(reader, tracker, consumer)
                 tracker.written_source = None
             consumer.finish()
-            problem = database.check(db_stage)
+            problem = database.opens(db_stage)
             if problem:
-                raise IntegrityError(f"The database in the backup fails SQLite's integrity check ({problem}); nothing was changed.")
+                raise IntegrityError(f"The database in the backup does not open ({problem}); nothing was changed.")
             tracker.set_stage("Replacing the appliance's state")
+            if kept is not None:
+                kept.result()
+            swapping = True
             rollback_dir = self._swap_in(targets, stages, db_stage, run_id)
         finally:
+            if kept is not None:
+                kept.wait()
+            if not swapping:  # nothing was replaced: no rollback copy to keep
+                shutil.rmtree(paths["rollback"], ignore_errors=True)
             for stage in stages.values():
                 shutil.rmtree(stage, ignore_errors=True)
             db_stage.unlink(missing_ok=True)
@@ -590,10 +602,7 @@ class BackupService:
         whether to undo the swap ("swapping") or finish it ("committed").
         """
         paths = self._restore_paths(run_id)
-        rollback_dir = paths["rollback"]
-        ensure_private_dir(rollback_dir)
-        if self.config.appliance.database.exists():
-            database.snapshot(self.config.appliance.database, rollback_dir / "internal.db")
+        rollback_dir = paths["rollback"]  # holds the copy of the database being replaced (see _restore)
         _write_phase(rollback_dir, "swapping")
         try:
             for component, target in targets.items():

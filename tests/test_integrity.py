@@ -46,6 +46,8 @@ def _refused(service: BackupService, name: str, code: ExitCode, *, cli: bool = F
     assert appliance_state(service.config) == before
     parent = service.config.appliance.firmware.parent
     assert not [p for p in parent.iterdir() if ".restore-" in p.name]
+    rollback = service.state_dir / "rollback"
+    assert not rollback.exists() or not list(rollback.iterdir())  # nothing replaced, nothing kept
 
 
 def test_byte_flips_across_the_file_are_detected(backed_up) -> None:
