@@ -111,11 +111,7 @@ class TestSettingsScreen:
         assert snap_compare(app_on(config_with_dms), terminal_size=size, run_before=weekly)
 
 
-@pytest.mark.parametrize("size", SIZES)
-class TestStorageScreen:
-    def test_placeholder(self, snap_compare, config, size):
-        """Storage selection comes later; the configured storage is shown."""
-        assert snap_compare(app_on(config), press=["3"], terminal_size=size, run_before=settled)
+# The Storage screen and the storage browser: tests/test_snapshots_storage.py (with a fixed directory).
 
 
 class TestDialogs:

@@ -72,7 +72,7 @@ class TestShell:
             assert isinstance(app.screen, SettingsScreen)
             await pilot.press("3")
             assert isinstance(app.screen, StorageScreen)
-            assert "comes in a later version" in shown(app)
+            assert "Storage Type" in shown(app)  # the Storage screen of issue 5 (tests/test_tui_storage.py)
             assert "Configured storage: local directory" in shown(app)
             await pilot.press("1")
             assert isinstance(app.screen, StatusScreen)
