@@ -16,8 +16,11 @@ from backup.errors import BackupError, ConfigError
 BUSY_TIMEOUT_MS = 30_000
 
 
-def snapshot(source: Path, dest: Path) -> int:
-    """Copy a consistent snapshot of the database at `source` into the new file `dest`; return its size."""
+def snapshot(source: Path, dest: Path, *, durable: bool = False) -> int:
+    """Copy a consistent snapshot of the database at `source` into the new file `dest`; return its size.
+
+    `durable` makes the copy survive a crash (a rollback copy); a temporary copy for a backup need not.
+    """
     if not source.exists():
         raise ConfigError(f"The internal database {source} does not exist: check [appliance] database in the configuration.")
     try:
@@ -27,6 +30,9 @@ def snapshot(source: Path, dest: Path) -> int:
     try:
         dst = sqlite3.connect(dest)
         try:
+            if not durable:  # no journal, no fsync: a crash just leaves a file recovery removes
+                dst.execute("PRAGMA journal_mode=OFF")
+                dst.execute("PRAGMA synchronous=OFF")
             # One step: the whole copy is read inside a single read transaction, so it is consistent
             # even while the appliance writes (WAL lets it keep writing meanwhile).
             src.backup(dst, pages=-1)
@@ -60,15 +66,16 @@ class BackgroundSnapshot:
     SQLite's backup step releases the GIL; `result()` waits and returns the size or raises.
     """
 
-    def __init__(self, source: Path, dest: Path) -> None:
+    def __init__(self, source: Path, dest: Path, *, durable: bool = False) -> None:
         self._size = 0
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(source, dest), name="backup-db-snapshot", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(source, dest, durable), name="backup-db-snapshot",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self, source: Path, dest: Path) -> None:
+    def _run(self, source: Path, dest: Path, durable: bool) -> None:
         try:
-            self._size = snapshot(source, dest)
+            self._size = snapshot(source, dest, durable=durable)
         except BaseException as exc:  # raised in the caller by result()
             self._error = exc
 

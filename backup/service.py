@@ -554,7 +554,7 @@ class BackupService:
         tracker = Tracker("restore", progress, cancel)
         # The state being replaced is copied while the backup is decrypted and staged.
         ensure_private_dir(paths["rollback"])
-        kept = (database.BackgroundSnapshot(appliance.database, paths["rollback"] / "internal.db")
+        kept = (database.BackgroundSnapshot(appliance.database, paths["rollback"] / "internal.db", durable=True)
                 if appliance.database.exists() else None)
         swapping = False
         try:
