@@ -149,10 +149,11 @@ def run_daemon(
                 else:
                     say(INFO, "configuration reloaded; the schedule is unchanged")
 
-        done = _latest(last_slot_done(service.journal.runs()), attempted, baseline)
-        slot = due_slot(schedule, done, now)
-        if slot is not None:
-            catch_up = utc(slot) < utc(started) or utc(now) - utc(slot) > CATCH_UP_GRACE
+        runs = service.journal.runs()
+        done = _latest(last_slot_done(runs), attempted, baseline)
+        due = due_now(schedule, runs, now, started=started, baseline=_latest(attempted, baseline))
+        if due is not None:
+            slot, catch_up = due
             if _run_slot(service, slot, catch_up, done, now, schedule, stop, inhibit, say):
                 attempted = slot
                 if not stop.is_set():
@@ -206,12 +207,33 @@ def _run_slot(service: ScheduledService, slot: datetime, catch_up: bool, done: d
     return True
 
 
-def _first_baseline(service: ScheduledService) -> datetime | None:
+def due_now(schedule: Schedule, runs: list[Any], now: datetime, *, started: datetime,
+            baseline: datetime | None = None) -> tuple[datetime, bool] | None:
+    """The scheduled slot to run now, and whether it is a catch-up; None when nothing is due.
+
+    Shared by the daemon and the console, so either runs a slot the same way (the journal,
+    under the run lock, keeps it from running twice). `started` is when the caller began
+    scheduling (slots before it are catch-ups); `baseline` counts as a slot already done.
+    """
+    if not schedule.enabled:
+        return None
+    done = _latest(last_slot_done(runs), baseline)
+    slot = due_slot(schedule, done, now)
+    if slot is None:
+        return None
+    return slot, utc(slot) < utc(started) or utc(now) - utc(slot) > CATCH_UP_GRACE
+
+
+def first_baseline(runs: list[Any]) -> datetime | None:
     """When no slot was ever journalled: the newest backup run counts as the last slot done."""
-    runs = [r for r in service.journal.runs() if getattr(r, "kind", None) == "backup"]
+    runs = [r for r in runs if getattr(r, "kind", None) == "backup"]
     if last_slot_done(runs) is not None or not runs:
         return None
     return max((r.started_at for r in runs), key=utc)
+
+
+def _first_baseline(service: ScheduledService) -> datetime | None:
+    return first_baseline(service.journal.runs())
 
 
 def _latest(*moments: datetime | None) -> datetime | None:

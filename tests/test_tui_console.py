@@ -340,14 +340,14 @@ class GatedService(BackupService):
         self.gate = threading.Event()
         self.started = threading.Event()
 
-    def run_backup(self, *, progress=None, cancel=None):
+    def run_backup(self, *, progress=None, cancel=None, **kwargs):
         def gated(p):
             if progress:
                 progress(p)
             if not self.started.is_set():
                 self.started.set()
                 self.gate.wait(10)
-        return super().run_backup(progress=gated, cancel=cancel)
+        return super().run_backup(progress=gated, cancel=cancel, **kwargs)
 
 
 class TestQuitDuringBackup:
@@ -559,3 +559,44 @@ class TestStale:
             assert app.screen.query_one("#stale").display
             assert "The last successful backup is" in text_of(app, "#stale")
             assert text_of(app, "#value-next-scheduled") == "2024-06-04 02:00:00 UTC"
+
+
+class TestConsoleRunsTheSchedule:
+    """With the console open, a slot that falls due is run by the console, once, like the daemon would."""
+
+    async def test_a_due_slot_is_run_and_journalled(self, config_with_dms):
+        from backup.config import update_config
+        from backup.journal import RunJournal
+        from backup.schedule import parse_slot_detail
+
+        config = update_config(config_with_dms, {"schedule": {"enabled": True, "cron": "0 2 * * *"}})
+        app = make_app(config, clock=fixed_clock, run_schedule=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await settle(pilot)
+            backups = [r for r in RunJournal(config.state_dir).runs() if r.kind == "backup"]
+            assert [r.result for r in backups] == ["ok"]
+            slot, catch_up = parse_slot_detail(backups[0].detail)
+            # FIXED_NOW is 09:30 UTC, so the slot of 02:00 that day was missed: one catch-up run.
+            assert slot == FIXED_NOW.replace(hour=2, minute=0) and catch_up
+            assert "Last Successful Backup" in shown(app)
+            app.refresh_status()
+            await settle(pilot)
+            assert len([r for r in RunJournal(config.state_dir).runs() if r.kind == "backup"]) == 1
+
+    async def test_a_slot_the_daemon_took_is_not_run_again(self, config_with_dms):
+        from backup.config import update_config
+        from backup.journal import RunJournal
+        from backup.schedule import slot_detail
+
+        config = update_config(config_with_dms, {"schedule": {"enabled": True, "cron": "0 2 * * *"}})
+        journal = RunJournal(config.state_dir)
+        slot = FIXED_NOW.replace(hour=2, minute=0)
+        run = journal.start("backup", now=slot, name="taken-by-the-daemon.abk", detail=slot_detail(slot))
+        journal.end(run, "ok", now=slot, name="taken-by-the-daemon.abk", size=1)
+        app = make_app(config, clock=fixed_clock, run_schedule=True)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await settle(pilot)
+        assert [r.name for r in RunJournal(config.state_dir).runs() if r.kind == "backup"] == ["taken-by-the-daemon.abk"]
+        assert list(config.storage.path.iterdir()) == []

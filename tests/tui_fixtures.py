@@ -31,8 +31,10 @@ def fixed_clock() -> datetime:
 
 
 def make_app(config: Config, *, clock=None, fixed_storage: bool = False, serial: bool = False,
-             theme: str | None = None) -> BackupConsole:
-    """A console on `config` with small KDF parameters, no refresh timer and no cursor blink."""
+             theme: str | None = None, run_schedule: bool = False) -> BackupConsole:
+    """A console on `config` with small KDF parameters, no refresh timer and no cursor blink.
+
+    It runs scheduled backups only when `run_schedule` (a test of that says so)."""
     storage = None
     if fixed_storage:
         storage = LocalStorage(config.storage.path)
@@ -40,7 +42,7 @@ def make_app(config: Config, *, clock=None, fixed_storage: bool = False, serial:
     service = BackupService(config, kdf_params=FAST_KDF, storage=storage,
                             **({"clock": clock} if clock is not None else {}))
     return BackupConsole(config, service=service, clock=clock, serial=serial, theme=theme,
-                         refresh_interval=None, blink_cursor=False)
+                         refresh_interval=None, blink_cursor=False, run_schedule=run_schedule)
 
 
 def write_history(config: Config, now: datetime = FIXED_NOW) -> None:

@@ -28,9 +28,10 @@ from textual.theme import BUILTIN_THEMES
 
 from backup.archive import ScryptParams
 from backup.config import Config, update_config
-from backup.errors import DmsNotSetError, LockHeldError, OperatorRefusedError
+from backup.daemon import due_now, first_baseline
+from backup.errors import DmsNotSetError, LockHeldError, OperatorRefusedError, SlotAlreadyDoneError
 from backup.progress import Progress
-from backup.schedule import local_timezone
+from backup.schedule import local_timezone, utc
 from backup.secret import SecretInfo
 from backup.service import BackupService, StatusReport, describe, local_now
 from screens.dialogs import ConfirmQuitScreen, HelpScreen
@@ -111,6 +112,7 @@ class BackupConsole(App[int]):
         theme: str | None = None,
         refresh_interval: float | None = 2.0,
         blink_cursor: bool = True,
+        run_schedule: bool = True,
     ) -> None:
         """
         Args:
@@ -121,6 +123,7 @@ class BackupConsole(App[int]):
             theme: A theme name to start with; "ansi" on a serial console, else Textual's default.
             refresh_interval: Seconds between status refreshes; None turns the timer off (tests).
             blink_cursor: False keeps snapshots stable.
+            run_schedule: Also run scheduled backups that fall due while the console is open.
         """
         self.serial = profile.is_serial_terminal() if serial is None else serial
         super().__init__()
@@ -134,6 +137,11 @@ class BackupConsole(App[int]):
         self.blink_cursor = blink_cursor
         self._cancel = threading.Event()
         self._quit_when_stopped = False
+        self.run_schedule = run_schedule
+        """Run due scheduled backups from the console too (off in tests that do not test it)."""
+        self._started_at = self.clock()
+        self._schedule_changed_at: datetime | None = None
+        """When this console saved a changed schedule: its past slots are not caught up."""
         self.set_class(self.serial, "-serial")
         self.register_theme(replace(BUILTIN_THEMES["ansi-dark"], name=ANSI_THEME))
         if theme is not None:
@@ -169,6 +177,11 @@ class BackupConsole(App[int]):
             self.post_message(StatusUnavailable(describe(exc)))
             return
         self.post_message(StatusRefreshed(report))
+        if self.run_schedule and not report.running:
+            try:
+                self._check_schedule()
+            except Exception as exc:  # the schedule never takes the console down
+                self.post_message(StatusUnavailable(describe(exc)))
 
     def on_status_refreshed(self, message: StatusRefreshed) -> None:
         self.report = message.report
@@ -209,25 +222,49 @@ class BackupConsole(App[int]):
         if self.backup_running:
             self._refuse("A backup started from this console is already running: wait for it to finish.")
             return
+        self._start_backup()
+
+    def _start_backup(self, slot: datetime | None = None, catch_up: bool = False) -> None:
         self._cancel = threading.Event()
         self.backup_running = True
         self.notice = ""
         self.post_message(BackupStarted())
-        self.run_backup(self._cancel)
+        self.run_backup(self._cancel, slot, catch_up)
 
     @work(thread=True, exclusive=True, group="backup", exit_on_error=False, description="back up now")
-    def run_backup(self, cancel: threading.Event) -> None:
+    def run_backup(self, cancel: threading.Event, slot: datetime | None = None, catch_up: bool = False) -> None:
         def report(progress: Progress) -> None:
             self.post_message(BackupProgressed(progress))
 
         try:
-            result = self.service.run_backup(progress=report, cancel=cancel)
-        except REFUSALS as exc:
-            self.post_message(BackupFailed(exc.message, refused=True))
+            result = self.service.run_backup(progress=report, cancel=cancel, slot=slot, catch_up=catch_up)
+        except (*REFUSALS, SlotAlreadyDoneError) as exc:
+            # For a scheduled slot, a held lock or a journalled slot means the daemon took it: say nothing.
+            quiet = slot is not None and isinstance(exc, (SlotAlreadyDoneError, LockHeldError))
+            self.post_message(BackupFailed(exc.message, refused=True, quiet=quiet))
         except Exception as exc:
             self.post_message(BackupFailed(describe(exc), refused=False))
         else:
             self.post_message(BackupFinished(result))
+
+    def _check_schedule(self) -> None:
+        """On the status worker: start the scheduled backup that is due, as the daemon would.
+
+        Whichever of this console and the daemon sees a slot first runs it; the journal,
+        written under the run lock, keeps it from running twice.
+        """
+        if self.backup_running:
+            return
+        runs = self.service.journal.runs()
+        baseline = max((t for t in (first_baseline(runs), self._schedule_changed_at) if t is not None),
+                       key=utc, default=None)
+        due = due_now(self.config.schedule, runs, self.clock(), started=self._started_at, baseline=baseline)
+        if due is not None:
+            self.call_from_thread(self._start_scheduled, *due)
+
+    def _start_scheduled(self, slot: datetime, catch_up: bool) -> None:
+        if not self.backup_running:
+            self._start_backup(slot, catch_up)
 
     def on_backup_progressed(self, message: BackupProgressed) -> None:
         if self.backup_running:
@@ -242,6 +279,9 @@ class BackupConsole(App[int]):
 
     def on_backup_failed(self, message: BackupFailed) -> None:
         self._backup_ended()
+        if message.quiet:
+            self._after_backup()
+            return
         if message.refused:
             self._refuse(message.sentence)
         else:
@@ -342,6 +382,8 @@ class BackupConsole(App[int]):
 
     @on(SettingsSaved)
     def _settings_saved(self, message: SettingsSaved) -> None:
+        if message.config.schedule != self.config.schedule:
+            self._schedule_changed_at = self.clock()
         self.config = message.config
         # The service reads the prefix from its config when it names the next backup.
         self.service.reload(message.config)

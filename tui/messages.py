@@ -85,6 +85,8 @@ class BackupFailed(Message):
     sentence: str
     refused: bool
     """True when the core refused before starting (no DMS, lock held, operator not allowed)."""
+    quiet: bool = False
+    """A scheduled slot another process already took: nothing to tell the operator."""
 
 
 @dataclass
