@@ -295,7 +295,7 @@ class PayloadWriter:
 def open_tar_stream(archive: BinaryIO) -> tarfile.TarFile:
     """A streaming tar reader over the decrypted, decompressed payload."""
     reader = zstandard.ZstdDecompressor().stream_reader(archive, read_size=READ_SIZE, closefd=False)
-    return tarfile.open(fileobj=reader, mode="r|", encoding="utf-8", errors="surrogateescape")
+    return tarfile.open(fileobj=reader, mode="r|", bufsize=READ_SIZE, encoding="utf-8", errors="surrogateescape")
 
 
 def read_manifest(archive: BinaryIO) -> dict:
