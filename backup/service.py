@@ -472,8 +472,8 @@ class BackupService:
             return ArchiveReader(source, kek=kek)
         except WrongDmsError:
             raise WrongDmsError(
-                "This appliance's Domain Master Secret does not open this backup: give the DMS it was made with "
-                "with --passphrase-file."
+                "This appliance's Domain Master Secret does not open this backup: give the DMS it was made with, "
+                "using --passphrase-file."
             ) from None
 
     def details(self, name: str, *, passphrase: str | None = None) -> BackupDetails:
@@ -660,6 +660,8 @@ class BackupService:
             _write_phase(paths["rollback"], "undone")
         elif phase == "committed":
             self._keep_old_state(run_id)
+        elif phase is None:  # killed before the swap began: nothing was replaced, no copy to keep
+            shutil.rmtree(paths["rollback"], ignore_errors=True)
         for key in ("firmware.stage", "system.stage"):
             shutil.rmtree(paths[key], ignore_errors=True)
         paths["database.stage"].unlink(missing_ok=True)

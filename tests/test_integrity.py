@@ -226,3 +226,15 @@ def test_a_restore_killed_mid_swap_is_undone_at_next_start(backed_up) -> None:
     closed = service.recover()
     assert [r.id for r in closed] == [run_id]
     assert appliance_state(service.config) == before
+
+
+def test_restore_drops_setuid_setgid_and_sticky_bits(service: BackupService) -> None:
+    firmware = service.config.appliance.firmware
+    (firmware / "tool").write_text("#!/bin/sh\n")
+    (firmware / "tool").chmod(0o6755)
+    (firmware / "shared").mkdir()
+    (firmware / "shared").chmod(0o1777)
+    name = service.run_backup().name
+    service.restore(name)
+    assert (firmware / "tool").stat().st_mode & 0o7777 == 0o755
+    assert (firmware / "shared").stat().st_mode & 0o7777 == 0o777
