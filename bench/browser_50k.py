@@ -4,9 +4,12 @@ event-loop stall while the browser pages through the whole directory.
 Runs the real console headless (App.run_test) on a demo appliance; a coroutine on the App's event
 loop sleeps 5 ms at a time and records how late it wakes up (its lateness is the stall).
 
-    .venv/bin/python bench/browser_50k.py [--entries 50000]
+    .venv/bin/python bench/browser_50k.py [--entries 50000] [--no-local] [--no-nfs]
 
-Not measured yet: the same over NFS (ganesha on loopback, as tests/nfs_server.py starts it).
+The NFS run serves the same kind of directory from nfs-ganesha on loopback (started as
+tests/nfs_server.py starts it) and browses it through the console's own NFS client. The entries are
+made in the export directory before the server starts: the export is never changed behind a running
+server's back.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from backup.config import load_config  # noqa: E402
 from backup.demo import create_demo_appliance  # noqa: E402
 from backup.service import BackupService  # noqa: E402
-from screens.storage_browser import BrowseLocation, StorageBrowser, local_location  # noqa: E402
+from screens.storage_browser import BrowseLocation, StorageBrowser, local_location, nfs_location  # noqa: E402
 from tui.app import BackupConsole  # noqa: E402
 from widgets.storage_tree import StorageTree  # noqa: E402
 
@@ -114,17 +117,43 @@ def report(label: str, numbers: dict[str, float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=50_000)
+    parser.add_argument("--no-local", action="store_true", help="skip the local directory run")
+    parser.add_argument("--no-nfs", action="store_true", help="skip the NFS run")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="browser-bench-"))
     try:
         config = load_config(create_demo_appliance(tmp / "appliance"))
-        started = time.perf_counter()
-        directory = make_directory(tmp / "big", args.entries)
-        print(f"created {args.entries} entries in {time.perf_counter() - started:.1f} s ({directory})")
-        app = BackupConsole(config, service=BackupService(config), refresh_interval=None, blink_cursor=False)
-        report(f"local directory, {args.entries} entries", asyncio.run(measure(app, local_location(directory), args.entries)))
+        if not args.no_local:
+            started = time.perf_counter()
+            directory = make_directory(tmp / "big", args.entries)
+            print(f"created {args.entries} entries in {time.perf_counter() - started:.1f} s ({directory})")
+            report(f"local directory, {args.entries} entries",
+                   asyncio.run(measure(console(config), local_location(directory), args.entries)))
+        if not args.no_nfs:
+            report(f"NFS share (ganesha on loopback, NFSv4.1), {args.entries} entries",
+                   run_nfs(config, tmp / "nfs", args.entries))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def console(config) -> BackupConsole:
+    return BackupConsole(config, service=BackupService(config), refresh_interval=None, blink_cursor=False)
+
+
+def run_nfs(config, root: Path, entries: int) -> dict[str, float]:
+    """Serve `entries` files from ganesha on loopback and browse them over NFS."""
+    from tests.nfs_server import NfsServer
+
+    root.mkdir(parents=True)
+    server = NfsServer(root)
+    started = time.perf_counter()
+    make_directory(server.export_dir / "big", entries)  # before the server starts
+    print(f"created {entries} entries in {time.perf_counter() - started:.1f} s (export {server.export_dir})")
+    server.start()
+    try:
+        return asyncio.run(measure(console(config), nfs_location(server.url("big"), "4.1"), entries))
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

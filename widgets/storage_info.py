@@ -47,7 +47,7 @@ class StorageInfo(Static):
         self.values: dict[str, str] = {}
         """What is shown, by label (tests read it)."""
 
-    def loading(self, where: str) -> None:
+    def show_loading(self, where: str) -> None:
         self._show([("Permissions", "reading..."), ("Used Disk Space", "-"),
                     ("Remaining Disk Space", "-"), ("Total Disk Space", "-")])
 

@@ -134,7 +134,10 @@ class StorageTree(ScrollView, can_focus=True):
         """Entries of the directory loaded so far (the offset of the next page)."""
         self.complete = False
         """Whether the last page came (no more entries)."""
-        self.loading = False
+        self.page_pending = False
+        """Whether a page was asked for and has not come yet. (Not Textual's `loading`: setting that
+        mounts a LoadingIndicator over the list for every page, hiding the rows and leaving a dead widget's
+        line cache behind in the lru_cache on StylesCache.get_inner_outer, Textual issue #6665.)"""
         self.note = ""
         """What the last line says while loading, or when the directory is empty or unreadable."""
         self._select: str | None = None
@@ -150,7 +153,7 @@ class StorageTree(ScrollView, can_focus=True):
         self.cursor = 0
         self.loaded = 0
         self.complete = False
-        self.loading = False
+        self.page_pending = False
         self.note = "loading..."
         self._select = select
         self.scroll_to(0, 0, animate=False, immediate=True)
@@ -161,9 +164,9 @@ class StorageTree(ScrollView, can_focus=True):
 
     def request_page(self) -> None:
         """Ask for the next page (the screen answers with add_page)."""
-        if self.complete or self.loading:
+        if self.complete or self.page_pending:
             return
-        self.loading = True
+        self.page_pending = True
         self.post_message(self.PageWanted(self, self.path, self.loaded))
 
     def add_page(self, path: str, offset: int, entries: Sequence[Entry], complete: bool) -> bool:
@@ -175,7 +178,7 @@ class StorageTree(ScrollView, can_focus=True):
             self._append(entry.name, kind_of(entry), entry.size)
         self.loaded += len(entries)
         self.complete = complete or not entries
-        self.loading = False
+        self.page_pending = False
         self.note = "(empty)" if self.complete and not self.loaded else ""
         if self._select is not None:
             index = self._index(self._select, start=len(self._names) - len(entries))
@@ -192,7 +195,7 @@ class StorageTree(ScrollView, can_focus=True):
     def page_failed(self, path: str, sentence: str) -> None:
         if path != self.path:
             return
-        self.loading = False
+        self.page_pending = False
         self.complete = True
         self.note = "(cannot be read)"
         self._resize()
@@ -247,7 +250,7 @@ class StorageTree(ScrollView, can_focus=True):
         self.virtual_size = Size(self.size.width, lines)
 
     def _maybe_more(self) -> None:
-        if not self.complete and not self.loading and self.cursor >= self.count - PAGE_MARGIN:
+        if not self.complete and not self.page_pending and self.cursor >= self.count - PAGE_MARGIN:
             self.request_page()
 
     # ------------------------------------------------------------ cursor
