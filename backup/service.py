@@ -189,6 +189,11 @@ class BackupService:
         closed = self.journal.recover(now=self.clock(), alive=pid_alive)
         for leftover in (self.state_dir / "tmp").glob("*"):  # no run holds them: we hold the lock
             leftover.unlink(missing_ok=True)
+        for copy in (self.state_dir / "rollback").glob("*"):
+            # A restore killed before its swap began replaced nothing: its copy has no phase yet.
+            # No restore runs now (we hold the lock), so any such copy is left over.
+            if copy.is_dir() and _read_phase(copy) is None:
+                shutil.rmtree(copy, ignore_errors=True)
         for run in closed:
             if run.kind == "backup" and run.name:
                 self._remove_partial(run.name)
@@ -660,8 +665,6 @@ class BackupService:
             _write_phase(paths["rollback"], "undone")
         elif phase == "committed":
             self._keep_old_state(run_id)
-        elif phase is None:  # killed before the swap began: nothing was replaced, no copy to keep
-            shutil.rmtree(paths["rollback"], ignore_errors=True)
         for key in ("firmware.stage", "system.stage"):
             shutil.rmtree(paths[key], ignore_errors=True)
         paths["database.stage"].unlink(missing_ok=True)
