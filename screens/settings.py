@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Static
 
@@ -13,7 +12,7 @@ from backup.errors import ConfigError
 from backup.retention import RetentionPolicy, parse_retention
 from backup.schedule import Schedule, parse_schedule
 from backup.secret import SecretInfo
-from screens.base import ConsoleScreen
+from screens.base import FormScreen
 from tui.messages import (
     SecretChecked,
     SecretCheckRequested,
@@ -28,14 +27,12 @@ from widgets.secret_form import SecretForm, show_sentence
 
 
 
-class SettingsScreen(ConsoleScreen):
+class SettingsScreen(FormScreen):
     """Mode "settings" (key 2). Nothing is focused on arrival, so the plain keys 1/2/3/b/q work;
     Tab enters the fields and Esc leaves them.
     """
 
     SCREEN_TITLE = "Settings"
-    AUTO_FOCUS = ""
-    BINDINGS = [Binding("escape", "leave_field", "Leave field")]
 
     def compose_body(self) -> ComposeResult:
         blink = self.app.blink_cursor
@@ -78,14 +75,6 @@ class SettingsScreen(ConsoleScreen):
 
     def _show_secret(self, info: SecretInfo | None) -> None:
         self.query_one(SecretForm).show(info, self.app.clock())
-
-    def action_leave_field(self) -> None:
-        self.set_focus(None)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "leave_field":
-            return self.focused is not None
-        return True
 
     # ------------------------------------------------------------ the secret
 

@@ -21,7 +21,7 @@ from backup.config import NFS_VERSIONS, Config
 from backup.errors import BackupError
 from backup.service import StatusReport
 from backup.storage.nfsurl import EXAMPLE, validate_nfs_url
-from screens.base import ConsoleScreen
+from screens.base import FormScreen
 from screens.storage_browser import BrowseLocation, StorageBrowser, local_location, nfs_location
 from tui.messages import SettingsSaved, SettingsSaveFailed
 from widgets.secret_form import show_sentence
@@ -71,16 +71,14 @@ class StorageCommands(Provider):
                 yield Hit(score, matcher.highlight(title), lambda a=action: screen.run_action(a), help=help_text)
 
 
-class StorageScreen(ConsoleScreen):
+class StorageScreen(FormScreen):
     """Mode "storage" (key 3). Nothing is focused on arrival, so the plain keys work; Tab enters the fields."""
 
     SCREEN_TITLE = "Storage"
-    AUTO_FOCUS = ""
     COMMANDS = {StorageCommands}
     BINDINGS = [
         Binding("o", "browse", "Browse Storage"),
         Binding("s", "save", "Save"),
-        Binding("escape", "leave_field", "Leave field"),
     ]
 
     def compose_body(self) -> ComposeResult:
@@ -184,14 +182,6 @@ class StorageScreen(ConsoleScreen):
     def _show_report(self, report: StatusReport | None) -> None:
         if report is not None:
             self.query_one("#storage-description", Static).update(f"Configured storage: {report.storage or '-'}")
-
-    def action_leave_field(self) -> None:
-        self.set_focus(None)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "leave_field":
-            return self.focused is not None
-        return True
 
     # ------------------------------------------------------------ save and browse
 
