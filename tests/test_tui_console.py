@@ -284,6 +284,20 @@ class TestBackUpNow:
             assert "Not Running" in text
             assert list(config.storage.path.iterdir()) == []
 
+    async def test_refused_for_an_otp_operator(self, config_with_dms):
+        import getpass
+
+        from backup.config import update_config
+
+        config = update_config(config_with_dms, {"operators": {getpass.getuser(): "otp"}})
+        app = make_app(config)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("b")
+            await settle(pilot)
+            assert "create an OAuth account, sign in with it, and remove the OTP account" in text_of(app, "#notice")
+            assert list(config.storage.path.iterdir()) == []
+
     async def test_refused_while_another_run_holds_the_lock(self, config_with_dms):
         app = make_app(config_with_dms)
         async with app.run_test(size=SIZE) as pilot:
