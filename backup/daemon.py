@@ -28,11 +28,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from backup.errors import BackupError, ConfigError, ExitCode, InterruptedRunError, LockHeldError
+from backup.errors import BackupError, ConfigError, ExitCode, InterruptedRunError, LockHeldError, SlotAlreadyDoneError
 from backup.inhibit import Inhibitor, shutdown_inhibitor
 from backup.schedule import (
     Schedule,
-    SlotAlreadyDoneError,
     describe,
     due_slot,
     last_slot_done,

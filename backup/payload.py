@@ -14,7 +14,6 @@ the manifest comes first so a backup's details need only its first chunk.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import queue
@@ -23,7 +22,7 @@ import tarfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable
 
 import zstandard
 

@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
-from backup.errors import ConfigError, SlotAlreadyDoneError  # noqa: F401  (re-exported)
+from backup.errors import ConfigError
 
 DEFAULT_CRON = "0 2 * * *"
 """The cron expression offered when the schedule is first enabled: every day at 02:00."""

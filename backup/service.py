@@ -14,10 +14,11 @@ import secrets
 import shutil
 import tarfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from backup import __version__, database
 from backup.archive import ArchiveReader, ArchiveWriter, KeyEncryptionKey, ScryptParams, opens_with, read_header
@@ -53,13 +54,22 @@ from backup.secret import DomainMasterSecret, SecretInfo
 from backup.storage import PARTIAL_SUFFIX, Storage, open_storage
 
 BACKUP_SUFFIX = ".abk"
-NAME_STAMP = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk$")
-OWN_SUFFIX = r"-\d{8}T\d{6}Z-[0-9a-f]{6}\.abk"
-"""What follows `[<prefix>-]<appliance>` in the name of a backup this appliance wrote."""
+OWN_SUFFIX = r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk"
+"""What follows `[<prefix>-]<appliance>` in the name of a backup this appliance wrote (group 1: UTC time)."""
+NAME_STAMP = re.compile(OWN_SUFFIX + "$")
 STALE_PARTIAL_RUNS = 50
 """How many of the newest journalled runs recovery checks for partial files left behind."""
 KEEP_ROLLBACKS = 2
 """Rollback copies kept after restores (older ones are removed)."""
+
+
+@dataclass
+class _Run:
+    """A journalled run in progress (see BackupService._journalled)."""
+
+    id: str
+    size: int | None = None
+    """Bytes written, journalled when the run ends well."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +241,18 @@ class BackupService:
         prefix = f"{self.config.prefix}-" if self.config.prefix else ""
         return f"{prefix}{self.config.appliance.name}-{stamp}-{secrets.token_hex(3)}{BACKUP_SUFFIX}"
 
+    @contextmanager
+    def _journalled(self, kind: str, *, name: str | None = None, detail: str | None = None,
+                    now: datetime | None = None) -> Iterator[_Run]:
+        """Journal the body as one run: its start, then "ok" or why it failed or was interrupted."""
+        run = _Run(self.journal.start(kind, now=now or self.clock(), name=name, detail=detail))
+        try:
+            yield run
+        except BaseException as exc:
+            self.journal.end(run.id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
+            raise
+        self.journal.end(run.id, "ok", now=self.clock(), name=name, size=run.size)
+
     # ------------------------------------------------------------ status
 
     def status(self, *, recent: int = 20) -> StatusReport:
@@ -313,16 +335,12 @@ class BackupService:
             if slot is not None and slot_already_done(self.journal.runs(), slot):
                 raise SlotAlreadyDoneError(f"The scheduled backup of {slot.isoformat(timespec='minutes')} already ran.")
             name = self.new_backup_name(started)
-            run_id = self.journal.start("backup", now=started, name=name,
-                                        detail=slot_detail(slot, catch_up) if slot is not None else None)
-            try:
+            with self._journalled("backup", name=name, now=started,
+                                  detail=slot_detail(slot, catch_up) if slot is not None else None) as run:
                 kek = self.secret.kek()  # inside the journalled part: a scheduled run without a DMS shows why
                 with shutdown_inhibitor("Backup in progress") as inhibitor:
                     result = self._write_backup(name, kek, progress, cancel, started, inhibitor.status_line)
-            except BaseException as exc:
-                self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
-                raise
-            self.journal.end(run_id, "ok", now=self.clock(), name=name, size=result.size)
+                run.size = result.size
             try:  # still under the lock, so no restore can start reading what retention removes
                 pruned = [d.name for d in self.prune() if not d.keep]
             except BackupError:
@@ -435,14 +453,9 @@ class BackupService:
         doomed = [d.name for d in decisions if not d.keep]
         if dry_run or not doomed:
             return decisions
-        run_id = self.journal.start("prune", now=self.clock(), detail="delete " + " ".join(doomed))
-        try:
+        with self._journalled("prune", detail="delete " + " ".join(doomed)):
             for name in doomed:
                 self.storage.delete(name)
-        except BaseException as exc:
-            self.journal.end(run_id, _result_word(exc), now=self.clock(), error=describe(exc))
-            raise
-        self.journal.end(run_id, "ok", now=self.clock())
         return decisions
 
     # ------------------------------------------------------------ listing and details
@@ -502,31 +515,20 @@ class BackupService:
     def delete_backup(self, name: str) -> None:
         """Delete one backup file (the operator asked, after a confirmation); journalled."""
         self._open(name).close()  # the same name checks as every other operation
-        run_id = self.journal.start("delete", now=self.clock(), name=name)
-        try:
+        with self._journalled("delete", name=name):
             self.storage.delete(name)
-        except BaseException as exc:
-            self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
-            raise
-        self.journal.end(run_id, "ok", now=self.clock(), name=name)
 
     # ------------------------------------------------------------ verify
 
     def verify(self, name: str, *, passphrase: str | None = None, progress: ProgressCallback | None = None,
                cancel: threading.Event | None = None) -> VerifyResult:
         """Decrypt, authenticate and check every byte of a backup; nothing is written."""
-        run_id = self.journal.start("verify", now=self.clock(), name=name)
-        try:
-            with self._open(name) as source:
-                reader = self._reader(source, passphrase)
-                tracker = Tracker("verify", progress, cancel, written=lambda: source.tell())
-                tracker.set_stage("Verifying")
-                summary = walk_payload(reader, tracker)
-                tracker.written_source = None
-        except BaseException as exc:
-            self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
-            raise
-        self.journal.end(run_id, "ok", now=self.clock(), name=name)
+        with self._journalled("verify", name=name), self._open(name) as source:
+            reader = self._reader(source, passphrase)
+            tracker = Tracker("verify", progress, cancel, written=source.tell)
+            tracker.set_stage("Verifying")
+            summary = walk_payload(reader, tracker)
+            tracker.written_source = None
         return VerifyResult(name=name, files=summary.files, bytes=summary.bytes, manifest=summary.manifest)
 
     # ------------------------------------------------------------ restore
@@ -538,16 +540,10 @@ class BackupService:
         started = self.clock()
         with RunLock(self.state_dir, "restore", now=started):
             self.recover_unlocked()
-            run_id = self.journal.start("restore", now=started, name=name)
-            try:
-                with shutdown_inhibitor("Restore in progress") as inhibitor:
-                    publish = self._progress_publisher(progress, inhibitor=inhibitor.status_line)
-                    result = self._restore(name, passphrase, publish, cancel, run_id)
-            except BaseException as exc:
-                self.journal.end(run_id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
-                raise
-            self.journal.end(run_id, "ok", now=self.clock(), name=name)
-            return result
+            with self._journalled("restore", name=name, now=started) as run, \
+                    shutdown_inhibitor("Restore in progress") as inhibitor:
+                publish = self._progress_publisher(progress, inhibitor=inhibitor.status_line)
+                return self._restore(name, passphrase, publish, cancel, run.id)
 
     def _restore(self, name: str, passphrase: str | None, progress: ProgressCallback | None,
                  cancel: threading.Event | None, run_id: str) -> RestoreResult:

@@ -30,7 +30,8 @@ from backup.demo import create_demo_appliance
 from backup.errors import BackupError, ExitCode, InterruptedRunError, LockHeldError
 from backup.inhibit import Inhibitor
 from backup.journal import RunJournal
-from backup.schedule import SlotAlreadyDoneError, parse_slot_detail, slot_already_done, slot_detail, utc
+from backup.errors import SlotAlreadyDoneError
+from backup.schedule import parse_slot_detail, slot_already_done, slot_detail, utc
 from backup.service import BackupService
 
 BERLIN = ZoneInfo("Europe/Berlin")
