@@ -19,6 +19,7 @@ from backup.retention import KEYS as RETENTION_KEYS
 from backup.retention import MAX_KEEP, RetentionPolicy
 from backup.schedule import DEFAULT_CRON, Schedule, describe, next_runs, normalize_cron, preset_cron, validate_cron
 from tui.format import timestamp
+from widgets.secret_form import show_sentence
 
 PREVIEW_RUNS = 3
 RETENTION_LABELS = {"keep_last": "last", "keep_daily": "daily", "keep_weekly": "weekly", "keep_monthly": "monthly"}
@@ -36,11 +37,6 @@ class AsciiCheckbox(Checkbox):
         self.BUTTON_INNER = "X" if self.value else " "
         super().watch_value()
         self.refresh()
-
-
-def _show(widget: Static, sentence: str) -> None:
-    widget.update(sentence)
-    widget.display = bool(sentence)
 
 
 class ScheduleEditor(Vertical):
@@ -90,8 +86,8 @@ class ScheduleEditor(Vertical):
     def on_mount(self) -> None:
         for field in self.query(Input):
             field.cursor_blink = self.blink_cursor
-        _show(self.query_one("#schedule-error", Static), "")
-        _show(self.query_one("#retention-error", Static), "")
+        show_sentence(self.query_one("#schedule-error", Static), "")
+        show_sentence(self.query_one("#retention-error", Static), "")
 
     def load(self, schedule: Schedule, retention: RetentionPolicy, *, now: datetime, tz: tzinfo | None) -> None:
         """Show the saved settings; `now` and `tz` drive the preview of the next runs."""
@@ -103,7 +99,7 @@ class ScheduleEditor(Vertical):
         self.refresh_preview()
 
     def show_problem(self, sentence: str) -> None:
-        _show(self.query_one("#schedule-error", Static), sentence)
+        show_sentence(self.query_one("#schedule-error", Static), sentence)
 
     # ------------------------------------------------------------ preview
 
@@ -116,13 +112,13 @@ class ScheduleEditor(Vertical):
         self.show_problem(problem or "")
         preview = self.query_one("#schedule-preview", Static)
         if problem:
-            _show(preview, "")
+            show_sentence(preview, "")
         elif not enabled:
-            _show(preview, "Schedule Disabled: backups run only when started (b, or `appliance-backup run`).")
+            show_sentence(preview, "Schedule Disabled: backups run only when started (b, or `appliance-backup run`).")
         elif self.now is not None:
             runs = next_runs(Schedule(True, normalize_cron(cron)), self.now, PREVIEW_RUNS, tz=self.tz)
             shown = ", ".join(timestamp(run, run) for run in runs) or "none"
-            _show(preview, f"{describe(cron)} Next runs: {shown}.")
+            show_sentence(preview, f"{describe(cron)} Next runs: {shown}.")
 
     @on(Button.Pressed, "#preset-daily")
     @on(Button.Pressed, "#preset-weekly")
@@ -161,6 +157,6 @@ class ScheduleEditor(Vertical):
                     f"Keep {RETENTION_LABELS[key]} must be a whole number from 0 to {MAX_KEEP}, not {text!r}.")
                 continue
             retention[key] = int(text) or None  # 0 is the default: the key is removed from the file
-        _show(self.query_one("#retention-error", Static), " ".join(retention_problems))
+        show_sentence(self.query_one("#retention-error", Static), " ".join(retention_problems))
         problems += retention_problems
         return {"schedule": schedule, "retention": retention}, problems
