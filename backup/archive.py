@@ -27,7 +27,7 @@ import secrets
 import struct
 import unicodedata
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final
+from typing import BinaryIO, Callable, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -863,10 +863,13 @@ class ArchiveReader(io.BufferedIOBase):
         self._position += count
         return count
 
-    def drain(self) -> int:
+    def drain(self, on_chunk: Callable[[], None] | None = None) -> int:
         """Authenticate every remaining chunk without copying plaintext out.
 
         The fast way to prove the encryption layer of a file intact.
+
+        Args:
+            on_chunk: called after each chunk is authenticated (progress, cancellation).
 
         Returns:
             The number of plaintext bytes skipped.
@@ -877,6 +880,8 @@ class ArchiveReader(io.BufferedIOBase):
         while self._next_chunk():
             skipped += self._end - self._start
             self._start = self._end
+            if on_chunk is not None:
+                on_chunk()
         self._position += skipped
         return skipped
 

@@ -190,9 +190,13 @@ def warm_up(root: Path) -> None:
         path = root / component
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
-            with file.open("rb") as f:
-                while f.read(4 * MiB):
-                    pass
+            warm_file(file)
+
+
+def warm_file(file: Path) -> None:
+    with file.open("rb") as f:
+        while f.read(4 * MiB):
+            pass
 
 
 # --------------------------------------------------------------------------
@@ -291,6 +295,11 @@ class Ours:
             raise BenchError(f"appliance-backup run printed {name!r}, but {archive} does not exist.")
         archive_bytes = _size(archive)
         backup = Measurement("ours", "backup", run, seconds, rss, archive_bytes, size)
+        checks = []
+        for step, extra in (("verify", ()), ("verify-deep", ("--deep",))):
+            warm_file(archive)
+            seconds, rss, _ = timed(self.command("verify", *extra, name), what=f"appliance-backup verify {' '.join(extra)}")
+            checks.append(Measurement("ours", step, run, seconds, rss, archive_bytes, size))
 
         seconds, rss, _ = timed(
             self.command("restore", name, "--yes", "--passphrase-file", str(self.passphrase_file)),
@@ -305,7 +314,7 @@ class Ours:
         # drop them so repeated runs do not fill the disk.
         for kept in sorted((self.appliance / "state" / "rollback").glob("*")):
             shutil.rmtree(kept)
-        return [backup, restore]
+        return [backup, *checks, restore]
 
 
 @dataclass
@@ -334,6 +343,14 @@ class Peer:
         seconds, rss, _ = timed(["bash", "-o", "pipefail", "-c", pipeline], what="peer backup (tar|zstd|age)")
         archive_bytes = _size(archive)
         backup = Measurement("peer", "backup", run, seconds, rss, archive_bytes, size)
+        checks = []
+        for step, pipeline in (
+            ("verify", f"age -d -i '{self.key_file}' '{archive}' > /dev/null"),
+            ("verify-deep", f"age -d -i '{self.key_file}' '{archive}' | zstd -d -q -c | tar -tf - > /dev/null"),
+        ):
+            warm_file(archive)
+            seconds, rss, _ = timed(["bash", "-o", "pipefail", "-c", pipeline], what=f"peer {step}")
+            checks.append(Measurement("peer", step, run, seconds, rss, archive_bytes, size))
 
         target = self.work / "restore"
         if target.exists():
@@ -347,16 +364,18 @@ class Peer:
             if not restore.verified:
                 raise BenchError("The peer's restore differs from the generated state.")
         shutil.rmtree(target)
-        return [backup, restore]
+        return [backup, *checks, restore]
 
 
 # --------------------------------------------------------------------------
 # Report
 
+STEPS = ("backup", "verify", "verify-deep", "restore")
+
 
 def summarise(measurements: list[Measurement]) -> list[dict]:
     rows = []
-    for step in ("backup", "restore"):
+    for step in STEPS:
         row: dict = {"step": step}
         for tool in ("ours", "peer"):
             chosen = [m for m in measurements if m.tool == tool and m.step == step]
@@ -367,7 +386,8 @@ def summarise(measurements: list[Measurement]) -> list[dict]:
             row[tool] = {
                 "median_s": round(median, 3),
                 "all_s": [round(m.seconds, 3) for m in chosen],
-                "mib_per_s": round(chosen[-1].input_bytes / MiB / median, 1),
+                # verify runs are rated by the archive they read, the others by the state
+                "mib_per_s": round((archive if step.startswith("verify") else chosen[-1].input_bytes) / MiB / median, 1),
                 "archive_bytes": archive,
                 "compression_ratio": round(chosen[-1].input_bytes / archive, 3),
                 "peak_rss_mib": round(max(m.peak_rss_kib for m in chosen) / 1024, 1),
@@ -382,7 +402,7 @@ def print_table(rows: list[dict], input_size: int) -> None:
     print()
     print(f"input: {input_size:,} bytes ({input_size / MiB:,.1f} MiB): {', '.join(COMPONENTS)}")
     header = (
-        f"{'step':<8} {'ours s':>8} {'peer s':>8} {'ours/peer':>9} {'ours MiB/s':>10} {'peer MiB/s':>10} "
+        f"{'step':<12} {'ours s':>8} {'peer s':>8} {'ours/peer':>9} {'ours MiB/s':>10} {'peer MiB/s':>10} "
         f"{'ours bytes':>13} {'peer bytes':>13} {'ours x':>7} {'peer x':>7} {'ours RSS MiB':>12} {'peer RSS MiB':>12}"
     )
     print(header)
@@ -394,13 +414,15 @@ def print_table(rows: list[dict], input_size: int) -> None:
     for row in rows:
         ratio = format(row["ratio_ours_over_peer"], ".2f") if "ratio_ours_over_peer" in row else "-"
         print(
-            f"{row['step']:<8} {get(row, 'ours', 'median_s', '.2f'):>8} {get(row, 'peer', 'median_s', '.2f'):>8} "
+            f"{row['step']:<12} {get(row, 'ours', 'median_s', '.2f'):>8} {get(row, 'peer', 'median_s', '.2f'):>8} "
             f"{ratio:>9} {get(row, 'ours', 'mib_per_s', '.0f'):>10} {get(row, 'peer', 'mib_per_s', '.0f'):>10} "
             f"{get(row, 'ours', 'archive_bytes', ','):>13} {get(row, 'peer', 'archive_bytes', ','):>13} "
             f"{get(row, 'ours', 'compression_ratio', '.2f'):>7} {get(row, 'peer', 'compression_ratio', '.2f'):>7} "
             f"{get(row, 'ours', 'peak_rss_mib', '.0f'):>12} {get(row, 'peer', 'peak_rss_mib', '.0f'):>12}"
         )
     print("seconds are medians of the runs and include a final sync; x = input bytes / archive bytes;")
+    print("MiB/s is of the state, except verify rows: of the archive. verify: ours authenticates every chunk,")
+    print("the peer runs age -d; verify-deep: ours --deep checks every file, the peer lists the tar (tar -t).")
     print("peer RSS is the largest single process of the pipeline.")
 
 
@@ -490,7 +512,7 @@ def run(args: argparse.Namespace, size_mib: int) -> int:
                 measurements.append(m)
                 check = "" if m.verified is None else ("  verified" if m.verified else "  DIFFERS")
                 print(
-                    f"run {m.run} {m.tool:<4} {m.step:<7} {m.seconds:7.2f} s  {m.archive_bytes:>13,} bytes  "
+                    f"run {m.run} {m.tool:<4} {m.step:<11} {m.seconds:7.2f} s  {m.archive_bytes:>13,} bytes  "
                     f"RSS {m.peak_rss_kib / 1024:6.0f} MiB{check}"
                 )
 

@@ -37,7 +37,7 @@ def _verification(run: RunRecord | None, now: datetime) -> str:
         return "never"
     when = timestamp(run.ended_at or run.started_at, now)
     if run.result == "ok":
-        return f"{when}: intact"
+        return f"{when}: intact, every file checked" if run.detail == "deep" else f"{when}: intact"
     return f"{when}: {run.result} ({run.error})" if run.error else f"{when}: {run.result}"
 
 
