@@ -12,12 +12,11 @@ import os
 import re
 import secrets
 import shutil
-import tarfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from backup import __version__, database
@@ -32,14 +31,14 @@ from backup.errors import (
     SlotAlreadyDoneError,
     WrongDmsError,
 )
-from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir, sync_filesystem
+from backup.extract import Extractor
+from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
 from backup.inhibit import shutdown_inhibitor
 from backup.journal import RunJournal, RunRecord
 from backup.lock import RunLock, is_locked, pid_alive, read_holder
 from backup.payload import (
     DATABASE_MEMBER,
     MANIFEST_NAME,
-    PayloadConsumer,
     PayloadWriter,
     build_manifest,
     read_manifest,
@@ -580,12 +579,13 @@ class BackupService:
         kept = (database.BackgroundSnapshot(appliance.database, paths["rollback"] / "internal.db", durable=True)
                 if appliance.database.exists() else None)
         swapping = False
+        consumer = None
         try:
             with self._open(name) as source:
                 reader = self._reader(source, passphrase)
                 tracker.written_source = source.tell
                 tracker.set_stage("Decrypting and checking the backup")
-                consumer = _Extractor(stages, db_stage)
+                consumer = Extractor(stages, db_stage)
                 summary = walk_payload(reader, tracker, consumer)
                 tracker.written_source = None
             consumer.finish()
@@ -598,6 +598,8 @@ class BackupService:
             swapping = True
             rollback_dir = self._swap_in(targets, stages, db_stage, run_id)
         finally:
+            if consumer is not None:
+                consumer.close()
             if kept is not None:
                 kept.wait()
             if not swapping:  # nothing was replaced: no rollback copy to keep
@@ -705,73 +707,6 @@ def _read_phase(rollback_dir: Path) -> str | None:
         return (rollback_dir / "PHASE").read_text().strip()
     except OSError:
         return None
-
-
-class _Extractor(PayloadConsumer):
-    """Writes members into staging directories beside the targets, never following links."""
-
-    def __init__(self, stages: dict[str, Path], db_stage: Path) -> None:
-        self.stages = stages
-        self.db_stage = db_stage
-        self.dir_modes: list[tuple[Path, int]] = []
-        self.seen_db = False
-        for stage in stages.values():
-            stage.mkdir(mode=0o700)
-
-    def _path(self, component: str, inner: PurePosixPath) -> Path:
-        if component == "database":
-            if str(inner) != "internal.db":
-                raise IntegrityError(f"The backup holds an unexpected database member (database/{inner}).")
-            self.seen_db = True
-            return self.db_stage
-        return self.stages[component] / inner
-
-    def directory(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> None:
-        path = self._path(component, inner)
-        if str(inner) != ".":
-            path.mkdir(mode=0o700, exist_ok=True)
-        self.dir_modes.append((path, member.mode & 0o777))
-        _chown(path, member)
-
-    def symlink(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> None:
-        path = self._path(component, inner)
-        os.symlink(member.linkname, path)
-        try:
-            os.lchown(path, member.uid, member.gid)
-        except OSError:
-            pass
-
-    def file(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> BinaryIO:
-        path = self._path(component, inner)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        return os.fdopen(fd, "wb")
-
-    def file_done(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo, handle: BinaryIO) -> None:
-        handle.close()  # made durable all at once in finish()
-        path = self._path(component, inner)
-        _chown(path, member)
-        os.chmod(path, member.mode & 0o777)  # setuid, setgid and sticky bits are dropped on purpose
-        os.utime(path, (member.mtime, member.mtime))
-
-    def finish(self) -> None:
-        if not self.seen_db:
-            raise IntegrityError("The backup holds no internal database; nothing was changed.")
-        for path, mode in reversed(self.dir_modes):
-            os.chmod(path, mode)
-        synced = set()
-        for path in [*self.stages.values(), self.db_stage]:
-            device = os.stat(path).st_dev
-            if device not in synced:
-                sync_filesystem(path)
-                synced.add(device)
-
-
-def _chown(path: Path, member: tarfile.TarInfo) -> None:
-    if os.geteuid() == 0:
-        try:
-            os.chown(path, member.uid, member.gid, follow_symlinks=False)
-        except OSError:
-            pass
 
 
 def created_at(name: str, mtime: float) -> datetime:

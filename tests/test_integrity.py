@@ -156,9 +156,17 @@ def _member(name: str, *, type=tarfile.REGTYPE, data: bytes = b"x", linkname: st
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/hard", type=tarfile.LNKTYPE, linkname="/etc/passwd")],
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/dev", type=tarfile.CHRTYPE)],
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/fifo", type=tarfile.FIFOTYPE)],
+        # Each link stays inside its folder, but followed one through the other they lead out:
+        # firmware/deep/s -> .. is firmware/, so firmware/deep/l -> s/../.. is firmware's parent.
+        [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/deep", type=tarfile.DIRTYPE),
+         _member("firmware/deep/s", type=tarfile.SYMTYPE, linkname=".."),
+         _member("firmware/deep/l", type=tarfile.SYMTYPE, linkname="s/../.."),
+         _member("firmware/deep/l/evil")],
+        [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/l", type=tarfile.SYMTYPE, linkname="."),
+         _member("firmware/l", type=tarfile.DIRTYPE)],
     ],
     ids=["absolute", "dotdot-inside", "dotdot", "unknown-component", "symlink-absolute", "symlink-up",
-         "hardlink", "device", "fifo"],
+         "hardlink", "device", "fifo", "through-a-chain-of-links", "link-and-folder"],
 )
 def test_hostile_members_are_refused(service: BackupService, members, tmp_path: Path) -> None:
     name = _hostile_backup(service, members)
@@ -167,6 +175,7 @@ def test_hostile_members_are_refused(service: BackupService, members, tmp_path: 
         service.restore(name)
     assert appliance_state(service.config) == before
     assert not (tmp_path / "evil").exists() and not Path("/etc/evil").exists()
+    assert not (service.config.appliance.firmware.parent / "evil").exists()
     r = run_cli("restore", name, "--yes", config=service.config)
     assert r.returncode == ExitCode.INTEGRITY and "restore refused" in r.stderr
 
