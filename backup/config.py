@@ -31,6 +31,10 @@ STORAGE_TYPES = ("none", "local", "nfs")
 NFS_VERSIONS = ("4", "4.1", "4.2")
 PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+DEFAULT_DATABASE_WAIT = 30.0
+"""Seconds a backup waits for another program's write lock on the internal database (SQLite's busy timeout)."""
+TABLE_LINE = re.compile(r"\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+POSITION = re.compile(r"^In (?P<path>.+?), (?:\[(?P<section>[^\]]+)\] (?P<key>[A-Za-z0-9_-]+)|(?P<table>[A-Za-z0-9_-]+) must be a table)")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class Config:
     """Login name -> "oauth" or "otp"; None when the file has no [operators] table (no account check)."""
     max_age_hours: float | None = None
     """[schedule] max_age_hours: the last successful backup is stale when older (default: twice the interval)."""
+    database_wait: float = DEFAULT_DATABASE_WAIT
+    """[backup] database_wait_seconds: how long a backup waits for a write lock on the internal database to go."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """The whole parsed document, unknown keys included."""
 
@@ -115,8 +121,44 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        where = re.fullmatch(r"(?s)(.*) \(at (line \d+, column \d+|end of document)\)", str(exc))
+        if where:
+            what = where[1][:1].lower() + where[1][1:]
+            fix = "fix that line" if where[2].startswith("line") else "complete its last entry"
+            raise ConfigError(f"The configuration file {path} is not valid TOML at {where[2]} ({what}): {fix}.") from None
         raise ConfigError(f"The configuration file {path} is not valid TOML ({exc}): fix that line.") from None
-    return parse_config(raw, path)
+    try:
+        return parse_config(raw, path)
+    except ConfigError as exc:
+        raise ConfigError(_with_line(exc.message, text)) from None
+
+
+def _with_line(message: str, text: str) -> str:
+    """Add the line a validation error is about: "In F, [storage] type ..." -> "In F, line 12, [storage] type ..."."""
+    match = POSITION.match(message)
+    if match is None:
+        return message
+    section, key = (match["section"], match["key"]) if match["section"] else (None, match["table"])
+    line = _line_of(text, section, key)
+    if line is None:
+        return message
+    return f"In {match['path']}, line {line}, " + message[len(f"In {match['path']}, "):]
+
+
+def _line_of(text: str, section: str | None, key: str) -> int | None:
+    """The line that sets `key` in table `section` (None: the top level), else that table's header line."""
+    current: str | None = None
+    header = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        table = TABLE_LINE.match(line)
+        if table:
+            current = table.group(1).strip('"')
+            if current == section:
+                header = number
+            continue
+        if current == section and re.match(rf"\s*(\"?){re.escape(key)}\1\s*=", line):
+            return number
+    return header
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
@@ -157,9 +199,12 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     max_age = raw.get("schedule", {}).get("max_age_hours") if isinstance(raw.get("schedule"), dict) else None
     if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age <= 0):
         reader.fail("schedule", "max_age_hours", f"must be a positive number of hours (without quotes), not {max_age!r}")
+    wait = reader.table("backup").get("database_wait_seconds", DEFAULT_DATABASE_WAIT)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= 3600:
+        reader.fail("backup", "database_wait_seconds", f"must be a number of seconds from 0 to 3600 (without quotes), not {wait!r}")
     return Config(path=path, appliance=appliance, state_dir=state_dir, storage=storage, prefix=prefix,
                   schedule=schedule, retention=parse_retention(raw, path), operators=parse_operators(raw, path),
-                  max_age_hours=float(max_age) if max_age is not None else None, raw=raw)
+                  max_age_hours=float(max_age) if max_age is not None else None, database_wait=float(wait), raw=raw)
 
 
 def update_config(config: Config, changes: dict[str, dict[str, Any]]) -> Config:
@@ -200,14 +245,14 @@ class _Reader:
     def fail(self, section: str, key: str, problem: str) -> None:
         raise ConfigError(f"In {self.path}, [{section}] {key} {problem}.")
 
-    def _table(self, section: str) -> dict[str, Any]:
+    def table(self, section: str) -> dict[str, Any]:
         table = self.raw.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"In {self.path}, {section} must be a table: write it as [{section}] followed by its keys.")
         return table
 
     def string(self, section: str, key: str, default: str | None = None) -> str:
-        table = self._table(section)
+        table = self.table(section)
         if key not in table:
             if default is not None:
                 return default

@@ -87,6 +87,14 @@ class StorageFullError(StorageError):
     pass
 
 
+class StateDirError(BackupError):
+    """The appliance's own state directory (journal, lock, temporary copies) cannot be used."""
+
+
+class DatabaseLockedError(BackupError):
+    """Another program held the internal database locked for longer than the backup waits."""
+
+
 class OperatorRefusedError(BackupError):
     exit_code = ExitCode.OPERATOR_REFUSED
 

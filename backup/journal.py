@@ -3,11 +3,13 @@
 The journal is a file of JSON lines, one appended (and fsynced) when a run
 starts and one when it ends. A run with a start and no end was interrupted;
 `recover()` finds those whose process is gone and closes them. A torn last
-line (a crash mid-append) is skipped when reading.
+line (a crash mid-append) is skipped when reading; so is a line damaged by
+hand, which `damage()` reports with its line number.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -16,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from backup.errors import StateDirError
 from backup.fsutil import ensure_private_dir
 
 JOURNAL_FILE = "journal.jsonl"
@@ -107,31 +110,79 @@ class RunJournal:
             return None
         return data if isinstance(data, dict) else None
 
+    def damage(self) -> str | None:
+        """A sentence naming the journal's damaged lines (skipped when reading), or None if there are none.
+
+        A record cut short by a crash mid-append is expected, skipped, and not reported.
+        """
+        lines = self._damaged_lines()
+        if not lines:
+            return None
+        shown = ", ".join(str(n) for n in lines[:10]) + (", ..." if len(lines) > 10 else "")
+        return (f"The run journal {self.path} has {len(lines)} damaged line{'s' if len(lines) > 1 else ''} "
+                f"(line {shown}) that {'were' if len(lines) > 1 else 'was'} skipped; the other runs are intact. "
+                "Remove or repair those lines to clear this warning.")
+
     def _append(self, record: dict[str, Any]) -> None:
-        ensure_private_dir(self.state_dir)
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            # A torn previous line would swallow this one: start on a fresh line.
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            ensure_private_dir(self.state_dir)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                # A torn previous line would swallow this one: start on a fresh line.
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self._state_error(exc, "written") from None
+
+    def _read(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            raise self._state_error(exc, "read") from None
+
+    def _state_error(self, exc: OSError, done: str) -> StateDirError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = f"free space on the file system of {self.state_dir}"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = (f"make the state directory {self.state_dir} and its files writable by the user that runs "
+                   "backups (owned by it, mode 0700)")
+        else:
+            fix = f"check the state directory {self.state_dir}"
+        return StateDirError(f"The run journal {self.path} cannot be {done} ({exc.strerror or exc}), "
+                             f"so no run can be recorded: {fix}, then try again.")
 
     def _records(self) -> list[dict[str, Any]]:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
         records = []
-        for raw in data.splitlines():
+        for raw in self._read().splitlines():
             try:
                 rec = json.loads(raw)
             except ValueError:
-                continue  # a torn or hand-damaged line: skip it, keep the rest
+                continue  # a torn or hand-damaged line: skip it, keep the rest (damage() names it)
             if isinstance(rec, dict):
                 records.append(rec)
         return records
+
+    def _damaged_lines(self) -> list[int]:
+        data = self._read()
+        lines = data.splitlines()
+        damaged = []
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                ok = isinstance(json.loads(raw), dict)
+            except ValueError:
+                ok = False
+            # A record cut short by a crash mid-append (the next append starts a fresh line after it).
+            torn = raw.startswith(b'{"type":"') and (number < len(lines) or not data.endswith(b"\n"))
+            if not ok and not torn:
+                damaged.append(number)
+        return damaged

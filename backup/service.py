@@ -8,16 +8,21 @@ their cancel event is set. Errors are the typed errors of backup.errors.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
 import shutil
+import sqlite3
+import tarfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
+
+import zstandard
 
 from backup import __version__, database
 from backup.archive import ArchiveReader, ArchiveWriter, KeyEncryptionKey, ScryptParams, opens_with, read_header
@@ -26,9 +31,12 @@ from backup.errors import (
     BackupError,
     BackupNotFoundError,
     ConfigError,
+    DatabaseLockedError,
     IntegrityError,
     InterruptedRunError,
     SlotAlreadyDoneError,
+    StateDirError,
+    StorageFullError,
     WrongDmsError,
 )
 from backup.extract import Extractor
@@ -357,10 +365,10 @@ class BackupService:
         if not appliance.database.exists():
             raise ConfigError(f"The internal database {appliance.database} does not exist: "
                               f"check [appliance] database in {self.config.path}.")
-        tmp_dir = self.state_dir / "tmp"
-        ensure_private_dir(tmp_dir)
-        db_copy = tmp_dir / f"{name}.db"
         tracker = Tracker("backup", self._progress_publisher(progress, inhibitor=inhibitor), cancel)
+        tracker.set_stage("Opening the internal database")
+        _wait_for_database(appliance.database, self.config.database_wait)
+        db_copy = self._reserve_snapshot_file(name)
         tracker.set_stage("Snapshotting the internal database")
         # The snapshot is taken while the configuration directories are archived.
         snapshot = database.BackgroundSnapshot(appliance.database, db_copy)
@@ -372,30 +380,42 @@ class BackupService:
                 database_source=str(appliance.database),
             )
             tracker.total = manifest["total_bytes"]
-            out = self.storage.create(name)
-            tracker.written_source = lambda: out.written
-            payload = None
+            out = None
+            free = None
             try:
-                archive = ArchiveWriter(out, kek)
-                payload = PayloadWriter(archive, tracker)
-                payload.add_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1).encode(), mtime=started.timestamp())
-                for scan in scans:
-                    tracker.set_stage(f"Archiving the {scan.name} configuration")
-                    for entry in scan.entries:
-                        payload.add_entry(entry)
-                        tracker.check_cancel()
-                tracker.set_stage("Archiving the internal database")
-                db_bytes = snapshot.result()
-                payload.add_file(DATABASE_MEMBER, db_copy, db_bytes)
-                payload.close()
-                archive.close()
-                tracker.set_stage("Writing the backup to storage")
-                out.commit()
-            except BaseException:
-                if payload is not None:
-                    payload.abort()
-                out.abort()
-                raise
+                out = self.storage.create(name)
+                free = self._free_space()  # after create: a share that is gone fails there, without a second wait
+                tracker.written_source = lambda: out.written
+                payload = None
+                try:
+                    archive = ArchiveWriter(out, kek)
+                    payload = PayloadWriter(archive, tracker)
+                    payload.add_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1).encode(), mtime=started.timestamp())
+                    for scan in scans:
+                        tracker.set_stage(f"Archiving the {scan.name} configuration")
+                        for entry in scan.entries:
+                            payload.add_entry(entry)
+                            tracker.check_cancel()
+                    tracker.set_stage("Archiving the internal database")
+                    db_bytes = snapshot.result()
+                    payload.add_file(DATABASE_MEMBER, db_copy, db_bytes)
+                    payload.close()
+                    archive.close()
+                    tracker.set_stage("Writing the backup to storage")
+                    out.commit()
+                except BaseException:
+                    if payload is not None:
+                        payload.abort()
+                    out.abort()
+                    raise
+            except StorageFullError:
+                raise self._storage_full(out.written if out is not None else 0, free, scans,
+                                         manifest["components"][-1]["bytes"]) from None
+            except PermissionError as exc:
+                unreadable = self._unreadable(exc)
+                if unreadable is None:
+                    raise
+                raise unreadable from None
         finally:
             snapshot.wait()
             _unlink_later(db_copy)
@@ -403,18 +423,89 @@ class BackupService:
         return BackupResult(name=name, size=out.written, duration=(self.clock() - started).total_seconds(),
                             source_bytes=tracker.done)
 
+    def _reserve_snapshot_file(self, name: str) -> Path:
+        """Create the empty file the database snapshot goes into, in the state's tmp directory.
+
+        Fails with a sentence when that directory cannot be written, or has less room than the
+        snapshot's size (a lower bound: it cannot refuse a snapshot that would fit).
+        """
+        tmp_dir = self.state_dir / "tmp"
+        db_copy = tmp_dir / f"{name}.db"
+        try:
+            ensure_private_dir(tmp_dir)
+            os.close(os.open(db_copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            free = shutil.disk_usage(tmp_dir).free
+        except OSError as exc:
+            raise StateDirError(
+                f"The state directory's temporary folder {tmp_dir} cannot be written ({exc.strerror or exc}): "
+                f"make {self.state_dir} and everything in it writable by the user that runs backups (mode 0700), "
+                "then try again."
+            ) from None
+        needed = database.logical_size(self.config.appliance.database)
+        if needed > free:
+            db_copy.unlink(missing_ok=True)
+            raise StateDirError(
+                f"The state directory {self.state_dir} has {_size(free)} free, but the snapshot of the internal "
+                f"database needs {_size(needed)} there: free space on its file system, then try again."
+            )
+        return db_copy
+
+    def _free_space(self) -> int | None:
+        """Free bytes in the storage, for the sentence if it runs full; None when the backend cannot say."""
+        try:
+            return self.storage.usage("").free
+        except (BackupError, OSError):
+            return None
+
+    def _storage_full(self, written: int, free: int | None, scans: list, database_bytes: int) -> StorageFullError:
+        """The sentence for a storage that ran full, with what this backup needs (any backend)."""
+        sources = [(e.path, e.size) for scan in scans for e in scan.entries if e.kind == "file"]
+        sources.append((self.config.appliance.database, database_bytes))
+        members = sum(len(scan.entries) for scan in scans) + 3  # + manifest, database, checksums
+        estimate = _estimate_backup_size(sources, members)
+        if estimate > written:
+            need = f"this backup needs about {_size(estimate)} (an estimate from compressing a sample of its data)"
+        else:
+            need = f"this backup needs more than {_size(written)}"
+        had = f" and only {_size(free)} was free when it started" if free is not None else ""
+        return StorageFullError(
+            f"The storage ({self.storage.description}) is full: the backup stopped after {_size(written)} had been "
+            f"sent to it; "
+            f"{need}{had}. Free space there or choose another location."
+        )
+
+    def _unreadable(self, exc: PermissionError) -> BackupError | None:
+        """The sentence for a component's file this process may not read (the scan only lists directories)."""
+        path = Path(exc.filename) if exc.filename else None
+        appliance = self.config.appliance
+        for component, root in (("firmware", appliance.firmware), ("system", appliance.system)):
+            if path is not None and path.is_relative_to(root):
+                return BackupError(
+                    f"The {component} configuration file {path} cannot be read (permission denied), so the backup "
+                    "stopped and nothing was kept: run the backup as root, or give its user read access to that "
+                    "file, then try again."
+                )
+        return None
+
     def _scan_components(self) -> list:
         appliance = self.config.appliance
         scans = []
         for component, root in (("firmware", appliance.firmware), ("system", appliance.system)):
+            # A backup without a component would fail the operator at restore time: refuse it now.
             if not root.is_dir():
+                what = "is not a directory" if root.exists() else "does not exist"
                 raise ConfigError(
-                    f"The {component} configuration directory {root} does not exist: check [appliance] {component} in {self.config.path}."
+                    f"The {component} configuration directory {root} {what}, so a backup would miss it: restore "
+                    f"the directory, or correct [appliance] {component} in {self.config.path}, then try again."
                 )
             try:
                 scans.append(scan_directory(component, root))
             except PermissionError as exc:
-                raise BackupError(f"The {component} configuration cannot be read ({exc.filename}: permission denied): run the backup as root.") from None
+                raise BackupError(
+                    f"The {component} configuration cannot be read ({exc.filename}: permission denied), so the "
+                    "backup stopped and nothing was kept: run the backup as root, or give its user read access "
+                    "there, then try again."
+                ) from None
         return scans
 
     def _progress_publisher(self, progress: ProgressCallback | None, **extra: str) -> ProgressCallback:
@@ -696,6 +787,83 @@ def _unlink_later(path: Path) -> None:
     If the process ends first, recovery removes what is left in the state's tmp directory.
     """
     threading.Thread(target=path.unlink, kwargs={"missing_ok": True}, name="backup-cleanup", daemon=True).start()
+
+
+ESTIMATE_SAMPLE = 8 << 20
+"""Bytes of the appliance's data compressed to estimate a backup's size (only after a storage ran full)."""
+ESTIMATE_PIECE = 64 << 10
+ESTIMATE_LEVEL = 3
+"""The zstd level PayloadWriter compresses with."""
+
+
+def _wait_for_database(path: Path, patience: float) -> None:
+    """Return once the database can be read; fail with a sentence after `patience` seconds of another's lock.
+
+    In WAL mode (the appliance's) a writer never blocks readers, so this returns at once. In rollback-journal
+    mode an EXCLUSIVE lock (a writer committing, or holding BEGIN EXCLUSIVE) blocks every reader until it ends:
+    without this check the snapshot would wait SQLite's whole busy timeout, twice.
+    """
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise BackupError(f"The internal database {path} cannot be read (permission denied): run the backup as "
+                          "root, or as the user that owns the database, then try again.") from None
+    except OSError as exc:
+        raise BackupError(f"The internal database {path} cannot be opened ({exc.strerror or exc}).") from None
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=patience)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc):
+            raise DatabaseLockedError(
+                f"The appliance database {path} is locked by another program: it held a write lock for more than "
+                f"{patience:g} s, so no consistent copy could be read and the backup did not start. Try again when "
+                "that write has finished (or raise [backup] database_wait_seconds)."
+            ) from None
+        raise BackupError(f"The internal database {path} cannot be read as an SQLite database ({exc}): check "
+                          "[appliance] database in the configuration.") from None
+
+
+def _estimate_backup_size(sources: list[tuple[Path, int]], members: int) -> int:
+    """About how many bytes the finished backup takes: its data times the ratio zstd reaches on a sample.
+
+    Pieces are taken from every file, spread over it, up to ESTIMATE_SAMPLE bytes in all (plus a little of
+    each small file), and compressed as one stream, as the backup does. Unreadable files are left out.
+    """
+    total = sum(size for _, size in sources) + 2 * tarfile.BLOCKSIZE * members
+    data = sum(size for _, size in sources)
+    fraction = min(1.0, ESTIMATE_SAMPLE / data) if data else 1.0
+    compressor = zstandard.ZstdCompressor(level=ESTIMATE_LEVEL).compressobj()
+    sampled = compressed = 0
+    for path, size in sources:
+        want = min(size, max(math.ceil(size * fraction), 1024))
+        pieces = math.ceil(want / ESTIMATE_PIECE) if want else 0
+        try:
+            with open(path, "rb") as f:
+                for i in range(pieces):
+                    f.seek(i * size // pieces)
+                    block = f.read(min(ESTIMATE_PIECE, want - i * ESTIMATE_PIECE))
+                    sampled += len(block)
+                    compressed += len(compressor.compress(block))
+        except OSError:
+            continue
+    compressed += len(compressor.flush())
+    ratio = compressed / sampled if sampled else 1.0
+    chunks = 1 + math.ceil(total * ratio / (1 << 20))
+    return 162 + math.ceil(total * ratio) + 16 * chunks  # header, payload, one AEAD tag per 1 MiB chunk
+
+
+def _size(n: float) -> str:
+    """Bytes for a sentence: "3.1 MiB"."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _write_phase(rollback_dir: Path, phase: str) -> None:

@@ -17,7 +17,9 @@ def storage_error(exc: OSError, what: str) -> StorageError:
     """Turn an OSError into the sentence the operator sees."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFullError(f"The storage is full: {what} failed for lack of space. Free space or choose another location.")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno == errno.EROFS:
+        return StorageError(f"The storage is read-only: {what} failed. Mount it read-write or choose another location.")
+    if exc.errno in (errno.EACCES, errno.EPERM):
         return StorageError(f"Permission denied: {what} failed. Give the appliance write access or choose another location.")
     if exc.errno == errno.ENOENT:
         return StorageError(f"{what} failed: the location does not exist. Create it or choose another location.")
