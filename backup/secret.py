@@ -22,6 +22,7 @@ from backup.errors import ConfigError, DmsAlreadySetError, DmsNotSetError
 from backup.fsutil import atomic_write_text, ensure_private_dir
 
 MIN_LENGTH = 8
+"""The shortest DMS accepted, in Unicode code points of its NFC form (not bytes, not letters on screen)."""
 KEY_FILE = "dms.key"
 ALREADY_SET = "The Domain Master Secret is already set and can only be set once: every backup depends on it."
 
