@@ -72,6 +72,17 @@ def frozen(source: Path) -> Iterator[int | None]:
         con.close()  # ends the read transaction
 
 
+def plain_header(head: bytes) -> bytes:
+    """The start of a database file as a copy of it must be stored: no longer in WAL mode.
+
+    Header bytes 18 and 19 are 2 in WAL mode; 1 makes the copy a plain database that opens
+    anywhere without a log beside it, as journal_mode=DELETE would (SQLite file format, 1.3).
+    """
+    if len(head) < 20 or head[18:20] != b"\x02\x02":
+        return head
+    return head[:18] + b"\x01\x01" + head[20:]
+
+
 def _copy_file(source: Path, dest: Path, size: int, *, durable: bool) -> None:
     with source.open("rb") as src, dest.open("wb") as dst:
         done = 0
@@ -80,9 +91,7 @@ def _copy_file(source: Path, dest: Path, size: int, *, durable: bool) -> None:
             if not copied:
                 raise BackupError(f"The internal database {source} ended while it was copied; try again.")
             done += copied
-        # Header bytes 18 and 19 are 2 in WAL mode; 1 makes the copy a plain database that opens
-        # anywhere without a log beside it, as journal_mode=DELETE would (SQLite file format, 1.3).
-        os.pwrite(dst.fileno(), b"\x01\x01", 18)
+        os.pwrite(dst.fileno(), plain_header(os.pread(src.fileno(), 100, 0)), 0)
         if durable:
             os.fsync(dst.fileno())
 

@@ -42,6 +42,9 @@ READ_SIZE = 1 << 20
 BLOCK = tarfile.BLOCKSIZE
 MAX_MANIFEST = 1 << 20
 MAX_CHECKSUMS = 64 << 20
+MAX_EXTENDED_HEADER = 1 << 20
+EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                    tarfile.GNUTYPE_LONGLINK)
 
 
 @dataclass(frozen=True)
@@ -235,8 +238,12 @@ class PayloadWriter:
         else:
             self.add_file(entry.arcname, entry.path, entry.size, info)
 
-    def add_file(self, arcname: str, path: Path, size: int, info: tarfile.TarInfo | None = None) -> None:
-        """Stream a regular file; exactly `size` bytes go in, whatever the file does meanwhile."""
+    def add_file(self, arcname: str, path: Path, size: int, info: tarfile.TarInfo | None = None, *,
+                 head: Callable[[bytes], bytes] | None = None) -> None:
+        """Stream a regular file; exactly `size` bytes go in, whatever the file does meanwhile.
+
+        `head`, if given, rewrites the first block read (same length) before it is stored.
+        """
         if info is None:
             info = tarfile.TarInfo(arcname)
             st = os.stat(path)
@@ -251,6 +258,8 @@ class PayloadWriter:
                 block = f.read(min(READ_SIZE, left))
                 if not block:
                     raise OSError(f"{path} became shorter while it was being backed up")
+                if head is not None:
+                    block, head = head(block), None
                 left -= len(block)
                 self._hash.put((digest, block))
                 self._zstd.write(block)
@@ -291,10 +300,21 @@ class PayloadWriter:
 # ---------------------------------------------------------------- reading
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads an extended header's data (pax, GNU long name) in one piece: refuse a huge one first."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in EXTENDED_HEADERS and self.size > MAX_EXTENDED_HEADER:
+            raise tarfile.HeaderError(f"an extended tar header claims {self.size} bytes, more than the "
+                                      f"{MAX_EXTENDED_HEADER} a writer ever needs")
+        return super()._proc_member(tar)
+
+
 def open_tar_stream(archive: BinaryIO) -> tarfile.TarFile:
     """A streaming tar reader over the decrypted, decompressed payload."""
     reader = zstandard.ZstdDecompressor().stream_reader(archive, read_size=READ_SIZE, closefd=False)
-    return tarfile.open(fileobj=reader, mode="r|", bufsize=READ_SIZE, encoding="utf-8", errors="surrogateescape")
+    return tarfile.open(fileobj=reader, mode="r|", bufsize=READ_SIZE, encoding="utf-8", errors="surrogateescape",
+                        tarinfo=_BoundedTarInfo)
 
 
 def read_manifest(archive: BinaryIO) -> dict:

@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 import tarfile
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -368,16 +368,23 @@ class BackupService:
         tracker = Tracker("backup", self._progress_publisher(progress, inhibitor=inhibitor), cancel)
         tracker.set_stage("Opening the internal database")
         _wait_for_database(appliance.database, self.config.database_wait)
-        db_copy = self._reserve_snapshot_file(name)
-        tracker.set_stage("Snapshotting the internal database")
-        # The snapshot is taken while the configuration directories are archived.
-        snapshot = database.BackgroundSnapshot(appliance.database, db_copy)
-        try:
+        with ExitStack() as cleanup:
+            frozen_size = cleanup.enter_context(database.frozen(appliance.database))
+            if frozen_size is not None:
+                # While frozen the live file is the snapshot: it is read once, straight into the backup.
+                db_path, db_size, db_ready = appliance.database, frozen_size, lambda: frozen_size
+            else:
+                # Otherwise a copy is taken while the configuration directories are archived.
+                db_path = self._reserve_snapshot_file(name)
+                cleanup.callback(_unlink_later, db_path)
+                tracker.set_stage("Snapshotting the internal database")
+                snapshot = database.BackgroundSnapshot(appliance.database, db_path)
+                cleanup.callback(snapshot.wait)
+                db_size, db_ready = database.logical_size(appliance.database), snapshot.result
             scans = self._scan_components()
             manifest = build_manifest(
                 appliance=appliance.name, software_version=__version__, created_at=started.isoformat(),
-                scans=scans, database_bytes=database.logical_size(appliance.database),
-                database_source=str(appliance.database),
+                scans=scans, database_bytes=db_size, database_source=str(appliance.database),
             )
             tracker.total = manifest["total_bytes"]
             out = None
@@ -397,8 +404,7 @@ class BackupService:
                             payload.add_entry(entry)
                             tracker.check_cancel()
                     tracker.set_stage("Archiving the internal database")
-                    db_bytes = snapshot.result()
-                    payload.add_file(DATABASE_MEMBER, db_copy, db_bytes)
+                    payload.add_file(DATABASE_MEMBER, db_path, db_ready(), head=database.plain_header)
                     payload.close()
                     archive.close()
                     tracker.set_stage("Writing the backup to storage")
@@ -409,16 +415,12 @@ class BackupService:
                     out.abort()
                     raise
             except StorageFullError:
-                raise self._storage_full(out.written if out is not None else 0, free, scans,
-                                         manifest["components"][-1]["bytes"]) from None
+                raise self._storage_full(out.written if out is not None else 0, free, scans, db_size) from None
             except PermissionError as exc:
                 unreadable = self._unreadable(exc)
                 if unreadable is None:
                     raise
                 raise unreadable from None
-        finally:
-            snapshot.wait()
-            _unlink_later(db_copy)
         tracker.set_stage("Done")
         return BackupResult(name=name, size=out.written, duration=(self.clock() - started).total_seconds(),
                             source_bytes=tracker.done)

@@ -250,23 +250,42 @@ def test_state_directory_not_writable(service: BackupService, what: str) -> None
     assert_next_run_fine(config, plain_user=True)
 
 
+@contextmanager
+def log_pinned(db: Path) -> Iterator[None]:
+    """Another reader holds the WAL, so the database file alone is not a snapshot (see database.frozen):
+    the backup copies one into the state's tmp/ folder instead of reading the file straight."""
+    writer = sqlite3.connect(db)
+    with writer:
+        writer.execute("CREATE TABLE IF NOT EXISTS fault_pin (at TEXT)")
+        writer.execute("INSERT INTO fault_pin VALUES (datetime('now'))")
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM fault_pin").fetchone()
+    try:
+        yield
+    finally:
+        reader.close()
+        writer.close()
+
+
 def test_state_tmp_folder_not_writable(service: BackupService) -> None:
     config = service.config
     tmp = config.state_dir / "tmp"
     tmp.mkdir(mode=0o500)
-    sentence = assert_sentence(run_as_plain_user("run", config=config), ExitCode.FAILED,
-                               f"The state directory's temporary folder {tmp} cannot be written (Permission denied)",
-                               "writable by the user that runs backups")
+    with log_pinned(config.appliance.database):
+        sentence = assert_sentence(run_as_plain_user("run", config=config), ExitCode.FAILED,
+                                   f"The state directory's temporary folder {tmp} cannot be written "
+                                   "(Permission denied)", "writable by the user that runs backups")
     assert_failed_and_nothing_kept(config, sentence)
+    assert_next_run_fine(config, plain_user=True)  # no copy needed once the log is free: tmp/ is not used
     tmp.chmod(0o700)
-    assert_next_run_fine(config, plain_user=True)
 
 
 def test_state_tmp_folder_too_small_for_the_database_snapshot(service: BackupService) -> None:
     config = service.config
     tmp = config.state_dir / "tmp"
     tmp.mkdir(mode=0o700)
-    with tmpfs(tmp, "1m"):  # the demo database is about 5 MiB
+    with tmpfs(tmp, "1m"), log_pinned(config.appliance.database):  # the demo database is about 5 MiB
         sentence = assert_sentence(run_cli("run", config=config), ExitCode.FAILED,
                                    f"The state directory {config.state_dir} has 1.0 MiB free, but the snapshot of "
                                    "the internal database needs", "free space on its file system")
