@@ -25,13 +25,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
+from backup.cli import verified_sentence
 from backup.config import Config
 from backup.errors import StorageError
 from backup.progress import Progress
 from backup.service import BackupDetails, BackupService, describe
 from backup.storage import Entry, Storage, Usage
 from screens.restore import ConfirmDeleteScreen, ConfirmRestoreScreen, PassphraseScreen, RestoreConfirmed
-from tui.format import human_bytes
 from tui.messages import (
     BackupDetailsRead,
     BackupTaskEnded,
@@ -95,6 +95,15 @@ class Subdirectory:
         self.base.delete(self._p(name))
 
 
+TASK_NAMES = {
+    "verify": ("verify", "Verifying"),
+    "verify_deep": ("deep verify", "Deep verifying"),
+    "restore": ("restore", "Restoring"),
+    "delete": ("delete", "Deleting"),
+}
+"""The browser's tasks: how a sentence names one, and its line while it runs."""
+
+
 @dataclass
 class BrowseLocation:
     """What the browser browses: a storage opened on first use, where to start, and how a
@@ -120,6 +129,24 @@ class BrowseLocation:
             if self._storage is None:
                 self._storage = self.opener()
             return self._storage
+
+    def warm_up(self) -> None:
+        """Open the storage and let it connect (an NFS storage: load the client library, connect,
+        check the share) on a background thread now, so the first listing finds it ready.
+
+        A plain daemon thread, not a Textual worker: it starts before the browser screen is
+        mounted, which is the point. Failures are ignored here; the listing reports its own.
+        """
+
+        def run() -> None:
+            try:
+                connect = getattr(self.storage, "connect", None)
+                if connect is not None:
+                    connect()
+            except Exception:  # noqa: BLE001 - the first listing says what is wrong
+                pass
+
+        threading.Thread(target=run, daemon=True, name="storage-warm-up").start()
 
     def shown(self, path: str) -> str:
         return f"{self.top.rstrip('/')}/{path}" if path else self.top
@@ -191,6 +218,7 @@ class StorageBrowser(ModalScreen[Config | None]):
         Binding("backspace", "up", "Up (..)"),
         Binding("u", "use_location", "Use This Location"),
         Binding("v", "verify", "Verify"),
+        Binding("V", "verify_deep", "Deep verify", show=False),
         Binding("r", "restore", "Restore"),
         Binding("x", "delete", "Delete"),
     ]
@@ -198,7 +226,9 @@ class StorageBrowser(ModalScreen[Config | None]):
         ("open", "Open", "Go into the directory, or show the backup's details (Enter)"),
         ("up", "Up one level", "Show the directory above (Backspace, or Enter on ..)"),
         ("use_location", "Use This Location", "Save the directory shown as the storage location (key u)"),
-        ("verify", "Verify backup", "Decrypt and check every byte of the chosen backup (key v)"),
+        ("verify", "Verify backup", "Authenticate every byte of the chosen backup (key v)"),
+        ("verify_deep", "Deep verify backup",
+         "Also decompress and check every file of the chosen backup against its SHA-256, ~10x slower (key V)"),
         ("restore", "Restore backup", "Return the appliance to the chosen backup's state (key r)"),
         ("delete", "Delete backup", "Delete the chosen backup file (key x)"),
         ("close", "Close the storage browser", "Back to the Storage screen (Esc)"),
@@ -213,8 +243,9 @@ class StorageBrowser(ModalScreen[Config | None]):
         self.sentence = ""
         """The sentence the panel shows (what failed, or the result of the last action)."""
         self.running_task: str | None = None
-        """"verify", "restore" or "delete" while one runs."""
+        """A key of TASK_NAMES while one runs."""
         self._cancel = threading.Event()
+        location.warm_up()  # connects while the screen is composed and mounted
 
     # ------------------------------------------------------------ layout
 
@@ -391,7 +422,7 @@ class StorageBrowser(ModalScreen[Config | None]):
     # ------------------------------------------------------------ actions
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("verify", "restore"):
+        if action in ("verify", "verify_deep", "restore"):
             return self.running_task is None and self.details is not None
         if action == "delete":
             return self.running_task is None and self.selected is not None
@@ -409,7 +440,7 @@ class StorageBrowser(ModalScreen[Config | None]):
 
     def action_close(self) -> None:
         if self.running_task is not None and self.running_task != "delete":
-            self._say(f"A {self.running_task} is running: wait for it to finish.")
+            self._say(f"A {TASK_NAMES[self.running_task][0]} is running: wait for it to finish.")
             return
         self.dismiss(None)
 
@@ -433,19 +464,22 @@ class StorageBrowser(ModalScreen[Config | None]):
         message.stop()
         self._say(f"The location was not saved: {message.sentence}")
 
-    def action_verify(self) -> None:
+    def action_verify(self, task: str = "verify") -> None:
         if self.details is None or self.selected is None:
             return
         path = self.selected
         if self.details.opens_with_this_dms:
-            self._start("verify", path, None)
+            self._start(task, path, None)
             return
 
         def answered(passphrase: Concealed | None) -> None:
             if passphrase is not None:
-                self._start("verify", path, passphrase)
+                self._start(task, path, passphrase)
 
         self.app.push_screen(PassphraseScreen(PurePosixPath(path).name, blink_cursor=self.app.blink_cursor), answered)
+
+    def action_verify_deep(self) -> None:
+        self.action_verify("verify_deep")
 
     def action_restore(self) -> None:
         if self.details is None or self.selected is None:
@@ -476,7 +510,7 @@ class StorageBrowser(ModalScreen[Config | None]):
         self.running_task = task
         self._cancel = threading.Event()
         self._say("")
-        self._task_line({"verify": "Verifying...", "restore": "Restoring...", "delete": "Deleting..."}[task])
+        self._task_line(TASK_NAMES[task][1] + "...")
         self.refresh_bindings()
         self.run_task(task, path, passphrase, self._cancel)
 
@@ -488,10 +522,10 @@ class StorageBrowser(ModalScreen[Config | None]):
         secret = passphrase.reveal() if passphrase is not None else None
         try:
             service, name = self._service(path)
-            if task == "verify":
-                result = service.verify(name, passphrase=secret, progress=report, cancel=cancel)
-                sentence = (f"The backup {name} is intact: {result.files} files, "
-                            f"{human_bytes(result.bytes)} decrypted and checked.")
+            if task in ("verify", "verify_deep"):
+                result = service.verify(name, deep=task == "verify_deep", passphrase=secret, progress=report,
+                                        cancel=cancel)
+                sentence = f"The backup {name} is intact: {verified_sentence(result)}."
             elif task == "restore":
                 restored = service.restore(name, passphrase=secret, progress=report, cancel=cancel)
                 sentence = (f"The appliance was restored from {name} ({restored.files} files). "
@@ -500,7 +534,7 @@ class StorageBrowser(ModalScreen[Config | None]):
                 service.delete_backup(name)
                 sentence = f"The backup {name} was deleted."
         except Exception as exc:
-            what = {"verify": "Verifying", "restore": "Restoring", "delete": "Deleting"}[task]
+            what = TASK_NAMES[task][1]
             self.post_message(BackupTaskEnded(task, path, False, f"{what} {PurePosixPath(path).name} failed: {describe(exc)}"))
             return
         self.post_message(BackupTaskEnded(task, path, True, sentence))
@@ -522,7 +556,7 @@ class StorageBrowser(ModalScreen[Config | None]):
             self.storage_tree.remove(PurePosixPath(message.path).name)
             self._show_details(None)
         self._say(message.sentence)
-        if message.task in ("verify", "restore") and self.selected == message.path:
+        if message.task != "delete" and self.selected == message.path:
             self.load_details(message.path)  # the last verification changed
         if message.task == "restore" and message.ok:
             refresh = getattr(self.app, "refresh_status", None)

@@ -107,8 +107,9 @@ class TestBrowserOverNfs:
                 sentence = browser(app).sentence
                 assert sentence and "Traceback" not in sentence and sentence.endswith("."), sentence
                 assert info.values["Problem"] and info.values["Permissions"] == "unknown"
+                await pilot.pause()  # the frame that shows the sentence
                 assert "(cannot be read)" in shown(app)
-                assert sentence.split()[0] in shown(app)
+                assert sentence.split()[0] in shown(app), (sentence, shown(app))
                 # The console answers keys at once, even with the server gone.
                 started = time.monotonic()
                 await pilot.press("escape")

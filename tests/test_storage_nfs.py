@@ -1,31 +1,36 @@
 """Tests of the NFS storage backend against a real NFSv4 server (nfs-ganesha on loopback).
 
 Nothing here mocks NFS: every test talks to ganesha through nfs-rs. The
-kernel-mount transport cannot run in this container (no NFS in the kernel);
-only its detection and refusal logic is tested, with fake /proc files.
+kernel-mount transport cannot mount NFS in this container (no NFS in the
+kernel): TestKernelTransport runs it on a bind mount made by a stand-in for
+mount(8), and says so.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
 from backup.config import load_config
 from backup.demo import create_demo_appliance
-from backup.errors import StorageError, StorageFullError
+from backup.errors import BackupNotFoundError, StorageError, StorageFullError
 from backup.service import BackupService
 from backup.storage import PARTIAL_SUFFIX
 from backup.storage.nfs import (
     NO_USERSPACE_42,
     KernelNfsStorage,
+    MountCommands,
     NfsStorage,
+    is_mounted,
     kernel_nfs_problem,
     open_nfs_storage,
     transport_for,
@@ -229,8 +234,9 @@ class TestDeadServer:
             with pytest.raises(StorageError) as info:
                 storage.list("")
             assert time.monotonic() - started < 1
-        assert str(info.value) == (f"The NFS server 127.0.0.1:{port} does not answer (connection refused): "
-                                   "check that it is running and reachable, and that the port is right.")
+        assert str(info.value) == (f"Connecting to the NFS share nfs://127.0.0.1:{port}/export/b failed: the NFS server "
+                                   f"127.0.0.1:{port} does not answer (connection refused). "
+                                   "Check that it is running and reachable, and that the port is right.")
 
     def test_server_that_never_answers(self) -> None:
         with socket.socket() as silent:
@@ -242,8 +248,9 @@ class TestDeadServer:
                 with pytest.raises(StorageError) as info:
                     storage.list("")
                 elapsed = time.monotonic() - started
-        assert str(info.value) == (f"The NFS server 127.0.0.1:{port} does not answer (timed out after 2 s): "
-                                   "check that it is running and reachable.")
+        assert str(info.value) == (f"Connecting to the NFS share nfs://127.0.0.1:{port}/export/b failed: the NFS server "
+                                   f"127.0.0.1:{port} does not answer (timed out after 2 s). "
+                                   "Check that it is running and reachable, then try again.")
         assert TIMEOUT - 0.1 <= elapsed < TIMEOUT + 1.5
 
     def test_not_an_nfs_server(self) -> None:
@@ -399,3 +406,152 @@ class TestServiceOverNfs:
                               storage=NfsStorage(server.url("b"), "4.1", timeout=TIMEOUT))
         later.recover()
         assert not any(n.endswith(PARTIAL_SUFFIX) for n in names(later.storage))
+
+
+# ---------------------------------------------------------------- the kernel-mount transport
+
+
+STANDIN_URL = "nfs://127.0.0.1:2049/export/backups"
+STANDIN_OPTIONS = "vers=4.2,soft,timeo=20,retrans=2,port=2049,nosuid,nodev,noexec"
+
+
+class TestKernelTransport:
+    """The kernel-mount transport (KernelNfsStorage), run for real except for the kernel's NFS client.
+
+    This machine's kernel has no NFS client, so `mount -t nfs4` cannot work here, and no NFS server
+    is involved in these tests. The mount and umount commands are a dependency of the backend
+    (MountCommands) and are replaced by stand-in scripts: the mount stand-in checks that it was asked
+    for exactly `-t nfs4 -o vers=4.2,soft,timeo=20,... 127.0.0.1:/export/backups <a private mount
+    point>`, then bind-mounts a local directory (standing for the export) at that mount point; the
+    umount stand-in runs the real umount. Everything else -- the transport choice, the backend, the
+    service's backup, list, verify and restore on a real mount point, the unmount and the removal of
+    the mount point, the sentences the operator sees -- is the product's own code.
+    """
+
+    @pytest.fixture
+    def standin(self, tmp_path: Path) -> Iterator[dict]:
+        export = tmp_path / "export-standin"
+        export.mkdir()
+        log = tmp_path / "calls.log"
+        log.touch()
+        real_mount, real_umount = shutil.which("mount"), shutil.which("umount")
+        assert real_mount and real_umount
+
+        def script(name: str, body: str) -> str:
+            path = tmp_path / name
+            path.write_text("#!/bin/sh\n" + f"echo \"{name} $*\" >> {shlex.quote(str(log))}\n" + body)
+            path.chmod(0o755)
+            return str(path)
+
+        mount = script("mount-standin", f"""\
+if [ "$#" -ne 6 ] || [ "$1" != -t ] || [ "$2" != nfs4 ] || [ "$3" != -o ] || [ "$4" != {STANDIN_OPTIONS} ]; then
+    echo "mount stand-in: unexpected arguments: $*" >&2; exit 1
+fi
+case "$6" in /*/appliance-backup-nfs-*) ;; *) echo "mount stand-in: not a private mount point: $6" >&2; exit 1;; esac
+if [ "$5" != 127.0.0.1:/export/backups ]; then
+    echo "mount.nfs4: mounting $5 failed, reason given by server: No such file or directory" >&2; exit 32
+fi
+exec {real_mount} -o "bind${{STANDIN_RO:+,ro}}" {shlex.quote(str(export))} "$6"
+""")
+        umount = script("umount-standin", f'exec {real_umount} "$@"\n')
+        opened: list[KernelNfsStorage] = []
+        yield {"export": export, "log": log, "commands": MountCommands(mount=(mount,), umount=(umount,)),
+               "probe": TestTransportChoice.probe(tmp_path), "opened": opened}
+        for storage in opened:  # a failed test must not leave a mount behind
+            storage.close()
+
+    @staticmethod
+    def calls(standin: dict) -> list[list[str]]:
+        return [line.split() for line in standin["log"].read_text().splitlines()]
+
+    def open(self, standin: dict, url: str = STANDIN_URL) -> KernelNfsStorage:
+        storage = open_nfs_storage(url, "4.2", timeout=TIMEOUT, probe=standin["probe"], commands=standin["commands"])
+        assert isinstance(storage, KernelNfsStorage)
+        standin["opened"].append(storage)
+        return storage
+
+    def test_backup_list_verify_restore_through_the_mount(self, tmp_path: Path, standin: dict) -> None:
+        storage = self.open(standin)
+        assert storage.description == f"NFS 4.2 share {STANDIN_URL} (kernel client)"
+        config = load_config(create_demo_appliance(tmp_path / "a"))
+        service = BackupService(config, kdf_params=FAST_KDF, storage=storage)
+        service.set_secret(PASSPHRASE)
+        before = appliance_state(config)
+        result = service.run_backup()
+        mount_point = storage.mount_point
+        assert mount_point is not None and is_mounted(mount_point)
+        assert mount_point.name.startswith("appliance-backup-nfs-")
+        assert [b.name for b in service.list_backups()] == [result.name]
+        assert sorted(p.name for p in standin["export"].iterdir()) == [result.name]  # no partial left
+        assert (standin["export"] / result.name).stat().st_mode & 0o777 == 0o600
+        assert service.verify(result.name).bytes > 0
+        mutate_appliance(config)
+        service.restore(result.name)
+        assert appliance_state(config) == before
+        service.close()
+        assert not is_mounted(mount_point) and not mount_point.exists()
+        assert self.calls(standin) == [
+            ["mount-standin", "-t", "nfs4", "-o", STANDIN_OPTIONS, "127.0.0.1:/export/backups", str(mount_point)],
+            ["umount-standin", str(mount_point)],
+        ]
+        storage.close()  # twice is harmless
+        assert len(self.calls(standin)) == 2
+
+    def test_a_failed_backup_names_the_url_and_the_mount_point_still_goes(self, tmp_path: Path, standin: dict,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("STANDIN_RO", "1")  # the stand-in mounts the export read-only
+        storage = self.open(standin)
+        config = load_config(create_demo_appliance(tmp_path / "a"))
+        service = BackupService(config, kdf_params=FAST_KDF, storage=storage)
+        service.set_secret(PASSPHRASE)
+        with pytest.raises(StorageError) as info:
+            service.run_backup()
+        mount_point = storage.mount_point
+        assert mount_point is not None
+        message = str(info.value)
+        assert f"Creating {STANDIN_URL}/demo-appliance-" in message and "failed" in message, message
+        assert str(mount_point) not in message and "appliance-backup-nfs-" not in message
+        with pytest.raises(BackupNotFoundError) as info:
+            storage.stat("missing/thing")
+        assert str(mount_point) not in str(info.value) and STANDIN_URL in str(info.value)
+        service.close()
+        assert not is_mounted(mount_point) and not mount_point.exists()
+
+    def test_a_busy_share_is_detached_lazily(self, tmp_path: Path, standin: dict) -> None:
+        storage = self.open(standin)
+        out = storage.create("a.abk")
+        out.write(b"x" * 1000)
+        out.commit()
+        reader = storage.open("a.abk")  # still open: a plain umount answers "target is busy"
+        mount_point = storage.mount_point
+        storage.close()
+        assert not is_mounted(mount_point) and not mount_point.exists()
+        assert [c[1:] for c in self.calls(standin) if c[0] == "umount-standin"] == [[str(mount_point)],
+                                                                                    ["-l", str(mount_point)]]
+        assert reader.read() == b"x" * 1000  # the detached mount lives until the last file on it closes
+        reader.close()
+
+    def test_mount_refused(self, standin: dict) -> None:
+        url = "nfs://127.0.0.1:2049/export/other"
+        storage = self.open(standin, url)
+        with pytest.raises(StorageError) as info:
+            storage.list("")
+        assert str(info.value) == (
+            f"Mounting the NFS 4.2 share {url} (kernel client) failed (mount.nfs4: mounting 127.0.0.1:/export/other "
+            "failed, reason given by server: No such file or directory): check the URL, the version and that the "
+            "server exports the path to this appliance.")
+        [[_, *_, mount_point]] = self.calls(standin)
+        assert not Path(mount_point).exists() and storage.mount_point is None
+
+    def test_a_mount_that_mounted_nothing(self, tmp_path: Path, standin: dict) -> None:
+        liar = tmp_path / "mount-liar"
+        said = tmp_path / "mount-point"
+        liar.write_text(f'#!/bin/sh\necho "$6" > {shlex.quote(str(said))}\nexit 0\n')
+        liar.chmod(0o755)
+        commands = MountCommands(mount=(str(liar),), umount=standin["commands"].umount)
+        storage = KernelNfsStorage(STANDIN_URL, "4.2", timeout=TIMEOUT, commands=commands)
+        standin["opened"].append(storage)
+        with pytest.raises(StorageError, match="reported success, but nothing is mounted"):
+            storage.create("a.abk")
+        mount_point = Path(said.read_text().strip())
+        assert mount_point.name.startswith("appliance-backup-nfs-") and not mount_point.exists()

@@ -422,6 +422,12 @@ class TestBackups:
             assert browser(app).sentence.startswith(f"The backup {backup.name} is intact: ")
             assert "intact:" in shown(app)
             assert screen.query_one(BackupDetailsView).values["Last verification"].endswith("intact")
+            assert "every chunk intact and in order" in browser(app).sentence
+            await pilot.press("V")  # the deep pass: every file against its SHA-256
+            await settle(pilot)
+            assert "checked against their SHA-256" in browser(app).sentence
+            assert screen.query_one(BackupDetailsView).values["Last verification"].endswith(
+                "intact, every file checked")
             await pilot.press("x")
             await pilot.pause()
             assert isinstance(app.screen, ConfirmDeleteScreen)

@@ -20,17 +20,20 @@ that went away and came back is used again without a restart of the console.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable, TypeVar
 
-from backup.errors import BackupNotFoundError, StorageError, StorageFullError
+from backup.errors import BackupError, BackupNotFoundError, StorageError, StorageFullError
 from backup.storage import PARTIAL_SUFFIX, Entry, Usage
 from backup.storage.nfsurl import NfsUrl, parse_nfs_url
 
@@ -43,6 +46,10 @@ WRITE_BLOCK = 8 * 1024 * 1024
 (UNSTABLE WRITEs then COMMIT), so small writes would each pay a COMMIT."""
 READ_BUFFER = 8 * 1024 * 1024
 """Read-ahead of backup files: the client splits it into parallel READs."""
+READDIR_BUFFER = 64 * 1024
+"""Bytes of one READDIR reply (about 340 entries with their attributes). Without a limit nfs-rs asks
+for the server's read size (1 MiB from ganesha: about 5,500 entries, 150-470 ms on loopback), so the
+first page of a big directory came that much later; small replies also make every later page cheap."""
 USERSPACE_VERSIONS = {"4": "4.0", "4.1": "4.1"}
 """Configured version -> the version nfs-rs is asked for; nothing else is offered."""
 NFS_VERSIONS = ("4", "4.1", "4.2")
@@ -100,11 +107,15 @@ def transport_for(version: str, **probe: Any) -> str:
     raise StorageError(NO_USERSPACE_42)
 
 
-def open_nfs_storage(url: str, version: str, *, timeout: float = DEFAULT_TIMEOUT) -> NfsStorage | KernelNfsStorage:
-    """The backend for an NFS share, on the transport this machine offers for `version`."""
+def open_nfs_storage(url: str, version: str, *, timeout: float = DEFAULT_TIMEOUT, probe: dict[str, Any] | None = None,
+                     commands: MountCommands | None = None) -> NfsStorage | KernelNfsStorage:
+    """The backend for an NFS share, on the transport this machine offers for `version`.
+
+    `probe` goes to kernel_nfs_problem and `commands` to KernelNfsStorage (tests substitute both).
+    """
     parsed = parse_nfs_url(url)
-    if transport_for(version) == "kernel":
-        return KernelNfsStorage(parsed, version, timeout=timeout)
+    if transport_for(version, **(probe or {})) == "kernel":
+        return KernelNfsStorage(parsed, version, timeout=timeout, commands=commands or MountCommands())
     return NfsStorage(parsed, version, timeout=timeout)
 
 
@@ -156,6 +167,10 @@ class NfsStorage:
         self._mount_path = str(path.parent)
         self._prefix = path.name
         self._lock = threading.Lock()
+        self._connecting = threading.Lock()
+        """Held by the thread that connects; others wait for its client (or its failure)."""
+        self._attempts = 0
+        self._last_failure: StorageError | None = None
         self._client: Any = None
         self._usage_client: Any = None
         self._pending_removals: set[str] = set()
@@ -178,30 +193,49 @@ class NfsStorage:
         try:
             return nfs_rs.Client.connect(
                 f"nfs://{host}:{self.url.port}{export_path}",
-                versions=[USERSPACE_VERSIONS[self.version]],
+                versions=[USERSPACE_VERSIONS[self.version]], readdir_buffer=READDIR_BUFFER,
                 connect_timeout=self.timeout, operation_timeout=self.timeout, **options,
             )
         except nfs_rs.NfsError as exc:
-            raise self._error(exc, "Connecting", missing=f"The export path {export_path} does not exist on the NFS server {self.server}: check the URL.") from None
+            raise self._error(exc, f"Connecting to the NFS share {self.url}", missing=f"The export path {export_path} does not exist on the NFS server {self.server}: check the URL.") from None
 
     def _get_client(self) -> Any:
+        """The connected client; one thread connects at a time, and threads that waited for an
+        attempt that failed get its sentence at once instead of waiting out another timeout."""
         with self._lock:
             if self._client is not None:
                 return self._client
-        client = self._connect(self._mount_path)
-        with self._lock:
-            if self._client is None:
+            seen = self._attempts
+        with self._connecting:
+            with self._lock:
+                if self._client is not None:
+                    return self._client
+                failure = self._last_failure if self._attempts != seen else None
+            if failure is not None:
+                raise type(failure)(failure.message)
+            try:
+                client = self._connect(self._mount_path)
+                try:
+                    self._check_share(client)
+                except StorageError:
+                    self._drop(client)  # check again on the next call: the directory may have been created
+                    raise
+            except StorageError as exc:
+                with self._lock:
+                    self._attempts += 1
+                    self._last_failure = exc
+                raise
+            with self._lock:
                 self._client = client
-            else:  # another thread connected meanwhile
-                _close_quietly(client)
-                client = self._client
-        try:
-            self._check_share(client)
-        except StorageError:
-            self._drop(client)  # check again on the next call: the directory may have been created
-            raise
+                self._attempts += 1
+                self._last_failure = None
         self._remove_pending(client)
         return client
+
+    def connect(self) -> None:
+        """Connect now and check the share, so that the first call does not wait for it (the storage
+        browser starts this while its screen is built). Failures are StorageError sentences."""
+        self._get_client()
 
     def _check_share(self, client: Any) -> None:
         nfs_rs = _nfs_rs()
@@ -274,20 +308,22 @@ class NfsStorage:
                             nfs_rs.NfsClosedResourceError, nfs_rs.NfsFileCloseError)) or code in _STALE_CODES:
             if client is not None:
                 self._drop(client)
+        # A connection-level failure says what was being done, on which share (the URL, never a
+        # local path), then why and what to do.
         if isinstance(exc, nfs_rs.NfsTimeoutError):
             return StorageError(
-                f"The NFS server {server} does not answer (timed out after {self.timeout:g} s): "
-                "check that it is running and reachable."
+                f"{what} failed: the NFS server {server} does not answer (timed out after {self.timeout:g} s). "
+                "Check that it is running and reachable, then try again."
             )
         if isinstance(exc, nfs_rs.NfsConnectionError):
             if getattr(exc, "errno", None) == 111:
                 return StorageError(
-                    f"The NFS server {server} does not answer (connection refused): "
-                    "check that it is running and reachable, and that the port is right."
+                    f"{what} failed: the NFS server {server} does not answer (connection refused). "
+                    "Check that it is running and reachable, and that the port is right."
                 )
             return StorageError(
-                f"The connection to the NFS server {server} was lost ({exc.message}) during {what.lower()}: "
-                "check that it is running and reachable."
+                f"{what} failed: the connection to the NFS server {server} was lost ({exc.message}). "
+                "Check that it is running and reachable, then try again."
             )
         if isinstance(exc, nfs_rs.NfsRpcError):
             return StorageError(
@@ -326,7 +362,7 @@ class NfsStorage:
             )
         if isinstance(exc, (nfs_rs.NfsOperationOutcomeError, nfs_rs.NfsStateLostError)) or code in _STALE_CODES:
             return StorageError(
-                f"The NFS server {server} restarted or lost this appliance's session during {what.lower()}: "
+                f"The NFS server {server} restarted or lost this appliance's session during {what[:1].lower() + what[1:]}: "
                 "try again."
             )
         detail = f"{exc.message} ({code})" if code else str(getattr(exc, "message", exc))
@@ -604,7 +640,8 @@ class NfsAtomicFile:
             except nfs_rs.NfsError as exc:
                 if attempt < RETRIES and _safe_to_retry(nfs_rs, exc):
                     continue
-                raise self.storage._error(exc, f"Writing {self._shown} (after {done} bytes)", client=self._client) from None
+                after = f" (after {done} bytes)" if done else ""
+                raise self.storage._error(exc, f"Writing {self._shown}{after}", client=self._client) from None
         del self._buffer[:end]
 
     def commit(self) -> None:
@@ -715,17 +752,51 @@ class _NfsReader(io.RawIOBase):
 # ---------------------------------------------------------------- kernel client
 
 
+@dataclass(frozen=True)
+class MountCommands:
+    """The programs that mount and unmount a share: the system's own, unless a test substitutes
+    stand-ins (the kernel NFS client cannot exist in the test container)."""
+
+    mount: tuple[str, ...] = ("mount",)
+    umount: tuple[str, ...] = ("umount",)
+
+
+_SERVER_GONE = frozenset(os.strerror(e) for e in (errno.ETIMEDOUT, errno.EIO, errno.ESTALE, errno.EHOSTDOWN,
+                                                   errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.ENOTCONN))
+"""What a soft NFS mount answers when the server is gone (as the local backend words it)."""
+
+
+def is_mounted(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """Whether something is mounted on `path`. os.path.ismount misses a mount of the same file system
+    (a bind mount); the kernel's mount table does not."""
+    try:
+        table = mountinfo.read_text()
+    except OSError:
+        return os.path.ismount(path)
+    wanted = os.path.realpath(path)
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and _unescape_mount_path(fields[4]) == wanted:
+            return True
+    return False
+
+
+def _unescape_mount_path(text: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040 ...)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
 class KernelNfsStorage:
     """A share mounted by the kernel NFS client into a private directory, used as a local directory.
 
-    This path needs a kernel with NFS, which the test machine (a container)
-    lacks: it is not exercised by the tests, only `transport_for`'s choice
-    of it is. `soft` makes a dead server fail calls after timeo x retrans
-    instead of hanging them forever.
+    `soft` makes a dead server fail calls after timeo x retrans instead of hanging them forever.
+    Errors name the share's nfs:// URL, never the private mount point. `close()` unmounts (lazily
+    if the share is busy or the server gone) and removes the mount point.
     """
 
     def __init__(self, url: str | NfsUrl, version: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+                 commands: MountCommands = MountCommands()) -> None:
         self.url = url if isinstance(url, NfsUrl) else parse_nfs_url(url)
         if version not in NFS_VERSIONS:
             raise StorageError(f"NFS version {version!r} is not offered: choose 4, 4.1 or 4.2.")
@@ -733,6 +804,7 @@ class KernelNfsStorage:
         self.timeout = float(timeout)
         self.description = describe_share(self.url, version, "kernel")
         self._run = run
+        self._commands = commands
         self._mount_point: Path | None = None
         self._local: Any = None
         self._lock = threading.Lock()
@@ -742,7 +814,12 @@ class KernelNfsStorage:
         vers = "4.0" if self.version == "4" else self.version
         deciseconds = max(1, int(self.timeout * 10))
         options = f"vers={vers},soft,timeo={deciseconds},retrans=2,port={self.url.port},nosuid,nodev,noexec"
-        return ["mount", "-t", "nfs4", "-o", options, f"{host}:{self.url.export_path}", str(mount_point)]
+        return [*self._commands.mount, "-t", "nfs4", "-o", options, f"{host}:{self.url.export_path}", str(mount_point)]
+
+    @property
+    def mount_point(self) -> Path | None:
+        """Where the share is mounted now, or None."""
+        return self._mount_point
 
     def _storage(self) -> Any:
         from backup.storage.local import LocalStorage
@@ -755,17 +832,24 @@ class KernelNfsStorage:
                 result = self._run(self.mount_command(mount_point), capture_output=True, text=True,
                                    timeout=self.timeout * 3 + 5)
             except subprocess.TimeoutExpired:
-                mount_point.rmdir()
+                self._unmount(mount_point)  # mount may have finished after all
                 raise StorageError(
-                    f"The NFS server {self.url.netloc} does not answer (mounting timed out): "
-                    "check that it is running and reachable."
+                    f"Mounting the {self.description} failed: the NFS server {self.url.netloc} does not answer "
+                    "(timed out). Check that it is running and reachable, then try again."
                 ) from None
             if result.returncode != 0:
                 mount_point.rmdir()
                 reason = (result.stderr or result.stdout or "").strip().splitlines()
+                detail = (reason[-1] if reason else f"exit {result.returncode}").replace(str(mount_point), "the mount point")
                 raise StorageError(
-                    f"Mounting the {self.description} failed ({reason[-1] if reason else f'exit {result.returncode}'}): "
+                    f"Mounting the {self.description} failed ({detail}): "
                     "check the URL, the version and that the server exports the path to this appliance."
+                )
+            if not is_mounted(mount_point):
+                self._unmount(mount_point)
+                raise StorageError(
+                    f"Mounting the {self.description} reported success, but nothing is mounted: "
+                    "check the system's mount command (mount.nfs4, package nfs-common)."
                 )
             self._mount_point = mount_point
             self._local = LocalStorage(mount_point)
@@ -773,36 +857,134 @@ class KernelNfsStorage:
             return self._local
 
     def close(self) -> None:
+        """Unmount and remove the mount point (safe to call more than once)."""
         with self._lock:
             mount_point, self._mount_point, self._local = self._mount_point, None, None
-        if mount_point is None:
-            return
-        try:
-            self._run(["umount", str(mount_point)], capture_output=True, timeout=self.timeout * 3 + 5)
-        except subprocess.TimeoutExpired:
-            self._run(["umount", "-l", str(mount_point)], capture_output=True, timeout=10)
+        if mount_point is not None:
+            self._unmount(mount_point)
+
+    def _unmount(self, mount_point: Path) -> None:
+        umount = list(self._commands.umount)
+        if is_mounted(mount_point):
+            try:
+                result = self._run([*umount, str(mount_point)], capture_output=True, timeout=self.timeout * 3 + 5)
+                busy_or_gone = result.returncode != 0
+            except subprocess.TimeoutExpired:
+                busy_or_gone = True
+            if busy_or_gone and is_mounted(mount_point):
+                # Detach now; the kernel finishes when the last file on it is closed.
+                try:
+                    self._run([*umount, "-l", str(mount_point)], capture_output=True, timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
         try:
             mount_point.rmdir()
         except OSError:
-            pass
+            pass  # still mounted: removing it would fail anyway, and its contents are the share's
+
+    # ------------------------------------------------------------ errors name the share, not the mount point
+
+    def _translated(self, exc: BackupError) -> BackupError:
+        mount_point = self._mount_point
+        message = exc.message
+        if mount_point is not None:
+            message = message.replace(str(mount_point), str(self.url))
+        if any(message.endswith(f"failed: {reason}.") for reason in _SERVER_GONE):
+            message += f" Check that the NFS server {self.url.netloc} is running and reachable, then try again."
+        return type(exc)(message)
+
+    def _call(self, op: Callable[[Any], T]) -> T:
+        try:
+            return op(self._storage())
+        except BackupError as exc:
+            raise self._translated(exc) from None
 
     def list(self, path: str = "", *, offset: int = 0, limit: int | None = None) -> list[Entry]:
-        return self._storage().list(path, offset=offset, limit=limit)
+        return self._call(lambda s: s.list(path, offset=offset, limit=limit))
 
     def stat(self, path: str) -> Entry:
-        return self._storage().stat(path)
+        return self._call(lambda s: s.stat(path))
 
     def usage(self, path: str = "") -> Usage:
-        return self._storage().usage(path)
+        return self._call(lambda s: s.usage(path))
 
     def access(self, path: str = "") -> tuple[bool, bool]:
-        return self._storage().access(path)
+        return self._call(lambda s: s.access(path))
 
     def create(self, name: str) -> Any:
-        return self._storage().create(name)
+        return _KernelFile(self, self._call(lambda s: s.create(name)))
 
     def open(self, name: str) -> BinaryIO:
-        return self._storage().open(name)
+        raw = _KernelReader(self, name, self._call(lambda s: s.open(name)))
+        return io.BufferedReader(raw, buffer_size=READ_BUFFER)  # type: ignore[return-value]
 
     def delete(self, name: str) -> None:
-        self._storage().delete(name)
+        self._call(lambda s: s.delete(name))
+
+
+class _KernelFile:
+    """The local backend's atomic file on the mounted share; its errors name the share."""
+
+    def __init__(self, storage: KernelNfsStorage, inner: Any) -> None:
+        self._storage = storage
+        self._inner = inner
+        self.name = inner.name
+
+    @property
+    def written(self) -> int:
+        return self._inner.written
+
+    def _guard(self, op: Callable[[], T]) -> T:
+        try:
+            return op()
+        except BackupError as exc:
+            raise self._storage._translated(exc) from None
+
+    def write(self, data: bytes) -> int:
+        return self._guard(lambda: self._inner.write(data))
+
+    def commit(self) -> None:
+        self._guard(self._inner.commit)
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+
+class _KernelReader(io.RawIOBase):
+    """A backup file on the mounted share; an I/O error (a soft mount's timeout) names the share."""
+
+    def __init__(self, storage: KernelNfsStorage, name: str, inner: Any) -> None:
+        super().__init__()
+        self._storage = storage
+        self._name = name
+        self._inner = inner
+
+    def _fail(self, exc: OSError) -> StorageError:
+        reason = exc.strerror or str(exc)
+        return self._storage._translated(StorageError(f"Reading {self._storage.url}/{self._name} failed: {reason}."))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._inner.readinto(buffer)
+        except OSError as exc:
+            raise self._fail(exc) from None
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        try:
+            return self._inner.seek(offset, whence)
+        except OSError as exc:
+            raise self._fail(exc) from None
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inner.close()
+        super().close()
