@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from backup.errors import LockHeldError
+from backup.errors import LockHeldError, StateDirError
 from backup.fsutil import ensure_private_dir
 
 LOCK_FILE = "run.lock"
@@ -38,8 +38,15 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            ensure_private_dir(self.path.parent)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateDirError(
+                f"The run lock {self.path} cannot be opened ({exc.strerror or exc}): make the state directory "
+                f"{self.path.parent} and everything in it writable by the user that runs backups (mode 0700), "
+                "then try again."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -296,8 +296,10 @@ class BackupService:
         )
 
     def security_warnings(self) -> list[str]:
-        """Loosened permissions on what protects the backups: the state directory and the key file."""
-        warnings = []
+        """Loosened permissions on what protects the backups (the state directory, the key file), and
+        hand-damaged lines in the run journal."""
+        damage = self.journal.damage()
+        warnings = [damage] if damage else []
         for path, wanted, what in ((self.state_dir, 0o700, "state directory"),
                                    (self.secret.path, 0o600, "Domain Master Secret key file")):
             try:
