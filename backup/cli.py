@@ -14,13 +14,13 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
 from backup import __version__
 from backup.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config, resolve_config_path, update_config
 from backup.errors import BackupError, ConfigError, ExitCode
+from backup.humanize import ago, human_bytes
 from backup.journal import RunRecord
 from backup.operators import check_operator
 from backup.progress import Progress
@@ -419,26 +419,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"  {PROG} --config {config} list\n"
           f"  {PROG} --config {config} status")
     return ExitCode.OK
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def ago(when: datetime, now: datetime) -> str:
-    seconds = int((now - when).total_seconds())
-    if seconds < 60:
-        return "just now" if seconds >= 0 else "in the future"
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return "just now"
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from backup.errors import (
 )
 from backup.extract import Extractor
 from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
+from backup.humanize import human_bytes
 from backup.inhibit import shutdown_inhibitor
 from backup.journal import RunJournal, RunRecord
 from backup.lock import RunLock, is_locked, pid_alive, read_holder
@@ -449,8 +450,8 @@ class BackupService:
         if needed > free:
             db_copy.unlink(missing_ok=True)
             raise StateDirError(
-                f"The state directory {self.state_dir} has {_size(free)} free, but the snapshot of the internal "
-                f"database needs {_size(needed)} there: free space on its file system, then try again."
+                f"The state directory {self.state_dir} has {human_bytes(free)} free, but the snapshot of the internal "
+                f"database needs {human_bytes(needed)} there: free space on its file system, then try again."
             )
         return db_copy
 
@@ -468,12 +469,12 @@ class BackupService:
         members = sum(len(scan.entries) for scan in scans) + 3  # + manifest, database, checksums
         estimate = _estimate_backup_size(sources, members)
         if estimate > written:
-            need = f"this backup needs about {_size(estimate)} (an estimate from compressing a sample of its data)"
+            need = f"this backup needs about {human_bytes(estimate)} (an estimate from compressing a sample of its data)"
         else:
-            need = f"this backup needs more than {_size(written)}"
-        had = f" and only {_size(free)} was free when it started" if free is not None else ""
+            need = f"this backup needs more than {human_bytes(written)}"
+        had = f" and only {human_bytes(free)} was free when it started" if free is not None else ""
         return StorageFullError(
-            f"The storage ({self.storage.description}) is full: the backup stopped after {_size(written)} had been "
+            f"The storage ({self.storage.description}) is full: the backup stopped after {human_bytes(written)} had been "
             f"sent to it; "
             f"{need}{had}. Free space there or choose another location."
         )
@@ -859,15 +860,6 @@ def _estimate_backup_size(sources: list[tuple[Path, int]], members: int) -> int:
     ratio = compressed / sampled if sampled else 1.0
     chunks = 1 + math.ceil(total * ratio / (1 << 20))
     return 162 + math.ceil(total * ratio) + 16 * chunks  # header, payload, one AEAD tag per 1 MiB chunk
-
-
-def _size(n: float) -> str:
-    """Bytes for a sentence: "3.1 MiB"."""
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _write_phase(rollback_dir: Path, phase: str) -> None:

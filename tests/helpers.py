@@ -1,12 +1,18 @@
-"""Comparisons the core tests share: whole trees and whole databases."""
+"""Comparisons the core tests share: whole trees and whole databases; authentic hand-made backups."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sqlite3
 import stat
+import tarfile
 from pathlib import Path
+
+import zstandard
+
+from backup.archive import ArchiveWriter
 
 from backup.config import Config
 
@@ -54,3 +60,21 @@ def mutate_appliance(config: Config) -> None:
     con.execute(f'DELETE FROM "{table}"')
     con.commit()
     con.close()
+
+
+def sealed_backup(service, members: list[tuple[tarfile.TarInfo, bytes]]) -> str:
+    """A backup sealed with the appliance's own key whose payload is exactly `members`, in order.
+
+    What only a writer holding the DMS could make: for tests of what a reader checks beyond the seal.
+    """
+    name = service.new_backup_name(service.clock())
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    out = service.storage.create(name)
+    writer = ArchiveWriter(out, service.secret.kek())
+    writer.write(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    writer.close()
+    out.commit()
+    return name

@@ -9,14 +9,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from backup import database
-from backup.archive import ArchiveWriter, read_header
+from backup.archive import read_header
 from backup.errors import BackupError, ExitCode, UnsafeArchiveError
 from backup.service import BackupService
 from tests.conftest import run_cli
-from tests.helpers import appliance_state
+from tests.helpers import appliance_state, sealed_backup
 
 HEADER = 162
 
@@ -119,21 +118,8 @@ def test_wrong_dms_is_told_apart_from_damage(backed_up, tmp_path: Path) -> None:
 
 def _hostile_backup(service: BackupService, members: list[tuple[tarfile.TarInfo, bytes]]) -> str:
     """An authentic backup (this appliance's key) whose payload holds `members` after a valid manifest."""
-    name = service.new_backup_name(service.clock())
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        manifest = json.dumps({"format": "appliance-backup manifest", "version": 1, "components": []}).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(manifest)
-        tar.addfile(info, io.BytesIO(manifest))
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if data else None)
-    out = service.storage.create(name)
-    writer = ArchiveWriter(out, service.secret.kek())
-    writer.write(zstandard.ZstdCompressor().compress(raw.getvalue()))
-    writer.close()
-    out.commit()
-    return name
+    manifest = json.dumps({"format": "appliance-backup manifest", "version": 1, "components": []}).encode()
+    return sealed_backup(service, [_member("manifest.json", data=manifest), *members])
 
 
 def _member(name: str, *, type=tarfile.REGTYPE, data: bytes = b"x", linkname: str = "") -> tuple[tarfile.TarInfo, bytes]:

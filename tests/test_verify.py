@@ -8,19 +8,17 @@ itself got wrong but sealed with the right key passes it and fails `--deep`.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 import threading
 from datetime import datetime, timezone
 
 import pytest
-import zstandard
 
-from backup.archive import ArchiveWriter
 from backup.errors import ExitCode, IntegrityError, InterruptedRunError
 from backup.service import VERIFY_AUTHENTICATED, VERIFY_DEEP, BackupService
 from tests.conftest import run_cli
+from tests.helpers import sealed_backup
 from widgets.backup_details import detail_rows
 
 
@@ -90,24 +88,17 @@ def _sealed_with_bad_checksums(service: BackupService) -> str:
 
     Only a writer holding the DMS can make one: a bug in the writer, not damage in the storage.
     """
-    name = service.new_backup_name(service.clock())
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for member, data in (
-            ("manifest.json", json.dumps({"format": "appliance-backup manifest", "version": 1,
-                                          "components": [{"name": "firmware", "files": 1}]}).encode()),
-            ("firmware/version.txt", b"1.0\n"),
-            ("checksums.json", json.dumps({"files": {"firmware/version.txt": "0" * 64}, "components": {}}).encode()),
-        ):
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    out = service.storage.create(name)
-    writer = ArchiveWriter(out, service.secret.kek())
-    writer.write(zstandard.ZstdCompressor().compress(raw.getvalue()))
-    writer.close()
-    out.commit()
-    return name
+    members = []
+    for member, data in (
+        ("manifest.json", json.dumps({"format": "appliance-backup manifest", "version": 1,
+                                      "components": [{"name": "firmware", "files": 1}]}).encode()),
+        ("firmware/version.txt", b"1.0\n"),
+        ("checksums.json", json.dumps({"files": {"firmware/version.txt": "0" * 64}, "components": {}}).encode()),
+    ):
+        info = tarfile.TarInfo(member)
+        info.size = len(data)
+        members.append((info, data))
+    return sealed_backup(service, members)
 
 
 def test_only_deep_verify_catches_a_writer_that_sealed_wrong_checksums(service: BackupService) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from backup.cli import ago, human_bytes
+from backup.humanize import ago, human_bytes
 
 __all__ = ["ago", "human_bytes", "timestamp", "duration", "when_and_ago"]
 
