@@ -399,11 +399,13 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
     Raises IntegrityError (or UnsafeArchiveError) on anything that is not as written.
     """
     consumer = consumer or PayloadConsumer()
+    # As in PayloadWriter, the hashing runs on a thread of its own; digests are read once it is done.
+    hashing = _Stage(lambda item: item[0].update(item[1]), name="verify-hash", depth=16)
+    digests: list[tuple[str, str, Any]] = []
+    """(component, member name, its sha256 object), in archive order."""
     try:
         tar = open_tar_stream(archive)
         manifest = _first_manifest(tar)
-        files: dict[str, str] = {}
-        components = {c: hashlib.sha256() for c in COMPONENTS}
         checksums = None
         summary = PayloadSummary(manifest=manifest, checksums={})
         while (member := tar.next()) is not None:
@@ -428,15 +430,13 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
                     block = source.read(READ_SIZE)
                     if not block:
                         break
-                    digest.update(block)
+                    hashing.put((digest, block))
                     if handle is not None:
                         handle.write(block)
                     tracker.add(done=len(block))
                 if handle is not None:
                     consumer.file_done(component, inner, member, handle)
-                hexdigest = digest.hexdigest()
-                files[member.name] = hexdigest
-                components[component].update(f"{hexdigest}  {member.name}\n".encode("utf-8", "surrogateescape"))
+                digests.append((component, member.name, digest))
                 summary.files += 1
                 summary.bytes += member.size
             else:
@@ -446,10 +446,18 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
         # Drain to the end so the final chunk is authenticated too.
         while archive.read(READ_SIZE):
             pass
+        hashing.close()
     except (tarfile.TarError, zstandard.ZstdError, ValueError, EOFError) as exc:
         raise IntegrityError(f"The backup's contents cannot be read ({_short(exc)}): it is damaged.") from None
+    finally:
+        hashing.stop(discard=True)
     if checksums is None:
         raise IntegrityError("The backup ends before its checksum list: it is incomplete.")
+    files: dict[str, str] = {}
+    components = {c: hashlib.sha256() for c in COMPONENTS}
+    for component, name, digest in digests:
+        files[name] = hexdigest = digest.hexdigest()
+        components[component].update(f"{hexdigest}  {name}\n".encode("utf-8", "surrogateescape"))
     expected_files = checksums.get("files", {}) if isinstance(checksums, dict) else {}
     if expected_files != files:
         bad = sorted(set(expected_files.items()) ^ set(files.items()))[:3]
