@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="authenticate every byte of a backup (--deep: and every file); changes nothing")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--deep", action="store_true",
-                   help="also decompress and check every file's SHA-256 (about ten times slower)")
+                   help="also decompress and check every file's SHA-256 (several times slower)")
     p.add_argument("--passphrase-file", metavar="F", help="the DMS the backup was made with (another appliance's)")
     p = sub.add_parser("restore", help="return the appliance to a backup's state")
     p.add_argument("name", metavar="NAME")

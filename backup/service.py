@@ -627,7 +627,7 @@ class BackupService:
         The default pass authenticates the header and every chunk, in order, to the final one, and reads
         the manifest: any changed, missing, reordered or added byte of the file is found, at the speed of
         reading it. `deep` also decompresses the payload and checks every file against the SHA-256 list
-        the writer made, which re-proves the writer's own work (and costs about ten times as long).
+        the writer made, which re-proves the writer's own work (and takes several times as long).
         """
         with self._journalled("verify", name=name, detail=VERIFY_DEEP if deep else VERIFY_AUTHENTICATED), \
                 self._open(name) as source:
