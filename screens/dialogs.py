@@ -23,6 +23,15 @@ Do not restart or shut down the appliance while a backup runs."""
 
 QUIT_WARNING = ("A backup is running. The appliance must not be restarted or shut down during a backup.\n"
                 "Quitting now stops the backup: nothing partial is kept, and no new backup is created.")
+QUIT_WARNINGS = {
+    "backup": QUIT_WARNING,
+    "restore": ("A restore is running. The appliance must not be restarted or shut down during a restore.\n"
+                "Quitting now stops it: while the backup is still being checked nothing on the appliance has "
+                "changed; once the state is being replaced, that step finishes first. The appliance is never "
+                "left half restored."),
+    "verify": "A verify is running. Quitting now stops it; nothing is changed.",
+}
+"""What quitting now would do, by the kind of run in progress."""
 
 
 class HelpScreen(ModalScreen[None]):
@@ -47,7 +56,7 @@ class HelpScreen(ModalScreen[None]):
 
 
 class ConfirmQuitScreen(ModalScreen[bool]):
-    """Asks before quitting while a backup runs; dismisses True to stop the backup and quit."""
+    """Asks before quitting while a backup, restore or verify runs; dismisses True to stop it and quit."""
 
     BINDINGS = [
         Binding("escape", "keep", "Keep running"),
@@ -55,13 +64,19 @@ class ConfirmQuitScreen(ModalScreen[bool]):
         Binding("y", "stop", "Stop and quit"),
     ]
 
+    def __init__(self, run: str = "backup") -> None:
+        super().__init__()
+        self.run = run
+        """"backup", "restore" or "verify": a key of QUIT_WARNINGS."""
+
     def compose(self) -> ComposeResult:
+        run = self.run
         with Vertical(id="quit-dialog", classes="dialog"):
-            yield Static("Quit while a backup runs?", classes="section-title")
-            yield Static(QUIT_WARNING, id="quit-warning", markup=False)
+            yield Static(f"Quit while a {run} runs?", classes="section-title")
+            yield Static(QUIT_WARNINGS[run], id="quit-warning", markup=False)
             with Horizontal(classes="buttons"):
-                yield Button("Keep the backup running", id="keep", variant="primary", compact=True)
-                yield Button("Stop the backup and quit", id="stop", variant="error", compact=True)
+                yield Button(f"Keep the {run} running", id="keep", variant="primary", compact=True)
+                yield Button(f"Stop the {run} and quit", id="stop", variant="error", compact=True)
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:

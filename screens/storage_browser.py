@@ -506,6 +506,10 @@ class StorageBrowser(ModalScreen[Config | None]):
         self.app.push_screen(ConfirmDeleteScreen(PurePosixPath(path).name, self.location.shown(parent_of(path))),
                              answered)
 
+    def stop_task(self) -> None:
+        """Ask the running verify or restore to stop (a restore replacing the state finishes that first)."""
+        self._cancel.set()
+
     def _start(self, task: str, path: str, passphrase: Concealed | None) -> None:
         self.running_task = task
         self._cancel = threading.Event()

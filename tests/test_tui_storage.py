@@ -7,10 +7,13 @@ that raises the StorageError the local backend raises for EACCES.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 import os
 import shutil
+import signal
+import threading
 import tomllib
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from backup.errors import BackupNotFoundError, StorageError
 from backup.service import BackupService
 from backup.storage import Entry, Usage
 from backup.storage.local import LocalStorage
+from screens import storage_browser
 from screens.restore import ConfirmDeleteScreen, ConfirmRestoreScreen
 from screens.storage import StorageScreen
 from screens.storage_browser import PAGE_SIZE, BrowseLocation, StorageBrowser, local_location
@@ -475,6 +479,56 @@ class TestBackups:
             assert str(rollback) in " ".join(browser(app).sentence.split())
         assert not marker.exists()
         assert (rollback / "system" / "added-after-the-backup.conf").exists()
+
+    async def test_shutdown_during_a_restore_stops_it_before_anything_changes(self, config_with_dms, monkeypatch):
+        backup = make_backup(config_with_dms)
+        marker = config_with_dms.appliance.system / "added-after-the-backup.conf"
+        marker.write_text("later\n")
+        started, gate = threading.Event(), threading.Event()
+
+        class GatedRestore(BackupService):
+            """The real restore, held at its first progress report until the test opens the gate."""
+
+            def restore(self, name, *, progress=None, **kwargs):
+                def gated(p):
+                    if progress:
+                        progress(p)
+                    if not started.is_set():
+                        started.set()
+                        gate.wait(10)
+                return super().restore(name, progress=gated, **kwargs)
+
+        monkeypatch.setattr(storage_browser, "BackupService", GatedRestore)
+        app = make_app(config_with_dms, clock=fixed_clock)
+        async with app.run_test(size=SIZE) as pilot:
+            await open_backup(pilot, backup.name, backup.parent)
+            await pilot.press("r")
+            await pilot.pause()
+            app.screen.query_one("#restore").press()
+            for _ in range(200):
+                if started.is_set():
+                    break
+                await pilot.pause(0.05)
+            assert started.is_set() and browser(app).running_task == "restore"
+            await pilot.press("escape")  # the browser stays open while its restore runs
+            await pilot.pause()
+            assert isinstance(app.screen, StorageBrowser)
+            assert browser(app).sentence == "A restore is running: wait for it to finish."
+            # A shutdown (SIGTERM) stops the restore cleanly and the console exits once it has.
+            # Only send the signal when the console's handler is on the loop: otherwise it would end pytest.
+            assert signal.SIGTERM in asyncio.get_running_loop()._signal_handlers
+            os.kill(os.getpid(), signal.SIGTERM)
+            await pilot.pause()
+            assert app.is_running  # waits for the restore to stop
+            gate.set()
+            for _ in range(200):
+                if not app.is_running:
+                    break
+                await pilot.pause(0.05)
+        assert app.return_code == 0
+        assert marker.exists()  # stopped while the backup was being checked: nothing was replaced
+        runs = [r for r in BackupService(config_with_dms).journal.runs() if r.kind == "restore"]
+        assert [r.result for r in runs] == ["interrupted"]
 
     async def test_restore_of_another_appliances_backup_asks_for_its_dms(self, config_with_dms, tmp_path):
         other = load_config(create_demo_appliance(tmp_path / "other", seed=7))

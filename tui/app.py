@@ -36,6 +36,7 @@ from backup.secret import SecretInfo
 from backup.service import BackupService, StatusReport, describe, local_now
 from screens.dialogs import ConfirmQuitScreen, HelpScreen
 from screens.status import StatusScreen
+from screens.storage_browser import StorageBrowser
 from tui import profile
 from tui.messages import (
     Concealed,
@@ -43,6 +44,7 @@ from tui.messages import (
     BackupFinished,
     BackupProgressed,
     BackupStarted,
+    BackupTaskEnded,
     SecretChecked,
     SecretSet,
     SecretSetFailed,
@@ -299,27 +301,40 @@ class BackupConsole(App[int]):
 
     def _after_backup(self) -> None:
         if self._quit_when_stopped:
-            self.exit(0)
+            if self.running_run() is None:
+                self.exit(0)
             return
         self.refresh_status()
 
     # ------------------------------------------------------------ quit
 
+    def running_run(self) -> str | None:
+        """The run that quitting would stop: "backup", or "restore" or "verify" in the storage browser."""
+        if self.backup_running:
+            return "backup"
+        for screen in self.screen_stack:
+            if isinstance(screen, StorageBrowser) and screen.running_task in ("restore", "verify", "verify_deep"):
+                return "verify" if screen.running_task == "verify_deep" else screen.running_task
+        return None
+
     async def action_quit(self) -> None:
-        """Quit; while a backup runs, ask first (the appliance must not restart during a backup)."""
-        if not self.backup_running:
+        """Quit; while a run is in progress, ask first (the appliance must not restart during one)."""
+        run = self.running_run()
+        if run is None:
             self.exit(0)
             return
         if isinstance(self.screen, ConfirmQuitScreen):
             return
-        self.push_screen(ConfirmQuitScreen(), self._quit_answered)
+        self.push_screen(ConfirmQuitScreen(run), self._quit_answered)
 
     def _quit_answered(self, stop: bool | None) -> None:
         if not stop:
             return
+        run = self.running_run()
         self.stop_and_exit()
-        if self.backup_running:
-            self.notify("Stopping the backup; the console closes when it has cleaned up.", title="Stopping", markup=False)
+        if run is not None:
+            self.notify(f"Stopping the {run}; the console closes when it has cleaned up.", title="Stopping",
+                        markup=False)
 
     def _watch_sigterm(self) -> None:
         """SIGTERM (shutdown, `systemctl stop`) stops a running backup cleanly, then the console exits."""
@@ -335,12 +350,20 @@ class BackupConsole(App[int]):
             pass
 
     def stop_and_exit(self) -> None:
-        """Stop the running backup (nothing partial is kept) and exit once it has cleaned up."""
-        if not self.backup_running:
+        """Stop the running backup, restore or verify (nothing partial is kept) and exit once it has cleaned up."""
+        if self.running_run() is None:
             self.exit(0)
             return
         self._quit_when_stopped = True
         self._cancel.set()
+        for screen in self.screen_stack:
+            if isinstance(screen, StorageBrowser):
+                screen.stop_task()
+
+    @on(BackupTaskEnded)
+    def _browser_run_ended(self) -> None:
+        if self._quit_when_stopped and self.running_run() is None:
+            self.exit(0)
 
     # ------------------------------------------------------------ settings
 
