@@ -35,8 +35,8 @@ pytestmark = pytest.mark.slow
 
 BIG_FILE_MIB = 96
 """Incompressible data added to the demo appliance so a run lasts long enough to be cut anywhere."""
-BACKUP_KILLS = 12
-RESTORE_KILLS = 10
+BACKUP_KILLS = 20
+RESTORE_KILLS = 20
 
 
 def _grow(config: Config) -> None:
