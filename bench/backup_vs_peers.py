@@ -26,11 +26,13 @@ Prints a table of medians and writes everything to bench/out/results.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import secrets
+import signal
 import shutil
 import sqlite3
 import stat
@@ -200,6 +202,63 @@ def warm_file(file: Path) -> None:
 
 
 # --------------------------------------------------------------------------
+# The appliance writing while a backup runs
+
+WRITER = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+commits = 0
+print("writing", flush=True)
+try:
+    while True:
+        con.execute("BEGIN IMMEDIATE")
+        # Rewrites rows with their own values: real WAL frames and fsyncs, the same rows after.
+        con.execute("UPDATE settings SET value = value, updated_at = updated_at")
+        con.execute("COMMIT")
+        commits += 1
+        time.sleep(WAIT)
+except KeyboardInterrupt:
+    print(commits, flush=True)
+"""
+
+
+class Writer:
+    """A process committing to the appliance's database every few ms while a backup step runs.
+
+    The target is a backup "consistent while a writer is active"; the writer
+    changes no row's content, so each restore still compares equal to the
+    generated state.
+    """
+
+    def __init__(self, database: Path, *, interval_ms: float) -> None:
+        self.database = database
+        self.interval = interval_ms / 1000
+        self.commits: list[int] = []
+
+    @contextlib.contextmanager
+    def active(self):
+        process = subprocess.Popen(
+            [sys.executable, "-c", WRITER.replace("WAIT", repr(self.interval)), str(self.database)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            if process.stdout.readline().strip() != "writing":
+                raise BenchError(f"The database writer did not start: {process.stderr.read().strip()}")
+            yield
+        finally:
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=60)
+            if process.returncode != 0 or not out.strip().isdigit():
+                raise BenchError(f"The database writer failed: {err.strip() or out.strip()}")
+            self.commits.append(int(out.strip()))
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
+
+
+# --------------------------------------------------------------------------
 # Timing
 
 
@@ -254,6 +313,7 @@ class Ours:
     passphrase_file: Path
     expected_digest: str
     verify: bool = True
+    writer: Writer | None = None
 
     @property
     def storage(self) -> Path:
@@ -285,7 +345,8 @@ class Ours:
             if old.is_file():
                 old.unlink()
         warm_up(self.appliance)
-        seconds, rss, stdout = timed(self.command("run"), what="appliance-backup run")
+        with self.writer.active() if self.writer else _nothing():
+            seconds, rss, stdout = timed(self.command("run"), what="appliance-backup run")
         lines = [line.strip() for line in stdout.splitlines() if line.strip()]
         if not lines:
             raise BenchError("appliance-backup run succeeded but printed no backup name on stdout.")
@@ -326,6 +387,7 @@ class Peer:
     key_file: Path
     expected_digest: str
     verify: bool = True
+    writer: Writer | None = None
 
     def __post_init__(self) -> None:
         self.recipient = subprocess.run(
@@ -340,7 +402,8 @@ class Peer:
             f"tar -C '{self.appliance}' -cf - {' '.join(COMPONENTS)} | zstd -3 -T0 -q -c "
             f"| age -e -r {self.recipient} > '{archive}'"
         )
-        seconds, rss, _ = timed(["bash", "-o", "pipefail", "-c", pipeline], what="peer backup (tar|zstd|age)")
+        with self.writer.active() if self.writer else _nothing():
+            seconds, rss, _ = timed(["bash", "-o", "pipefail", "-c", pipeline], what="peer backup (tar|zstd|age)")
         archive_bytes = _size(archive)
         backup = Measurement("peer", "backup", run, seconds, rss, archive_bytes, size)
         checks = []
@@ -463,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"smoke run on a {QUICK_SIZE_MIB} MiB state")
     parser.add_argument("--only", choices=("ours", "peer"), help="measure one side only")
     parser.add_argument("--no-verify", action="store_true", help="skip checking each restore against the state")
+    parser.add_argument("--writer-ms", type=float, default=10.0,
+                        help="a process commits to the database every N ms during each backup (default 10; 0: none)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="working directory (default bench/out)")
     args = parser.parse_args(argv)
     size_mib = QUICK_SIZE_MIB if args.quick else args.size_mib
@@ -493,15 +558,16 @@ def run(args: argparse.Namespace, size_mib: int) -> int:
     if not key_file.exists():
         subprocess.run(["age-keygen", "-o", str(key_file)], check=True, stderr=subprocess.DEVNULL)
 
+    writer = Writer(appliance / "internal.db", interval_ms=args.writer_ms) if args.writer_ms > 0 else None
     sides: list[Ours | Peer] = []
     if args.only != "peer":
-        ours = Ours(executable, config, appliance, passphrase_file, digest, verify=not args.no_verify)
+        ours = Ours(executable, config, appliance, passphrase_file, digest, verify=not args.no_verify, writer=writer)
         ours.set_secret()
         sides.append(ours)
     if args.only != "ours":
         peer_work = out / "peer"
         peer_work.mkdir(exist_ok=True)
-        sides.append(Peer(appliance, peer_work, key_file, digest, verify=not args.no_verify))
+        sides.append(Peer(appliance, peer_work, key_file, digest, verify=not args.no_verify, writer=writer))
 
     measurements: list[Measurement] = []
     for run_number in range(1, args.runs + 1):
@@ -518,6 +584,9 @@ def run(args: argparse.Namespace, size_mib: int) -> int:
 
     rows = summarise(measurements)
     print_table(rows, size)
+    if writer is not None:
+        print(f"during each backup a writer committed every {args.writer_ms:g} ms: "
+              f"{', '.join(map(str, writer.commits))} commits")
     results = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "size_mib": size_mib,
