@@ -410,14 +410,18 @@ class StorageBrowser(ModalScreen[Config | None]):
 
     def _say(self, sentence: str) -> None:
         self.sentence = sentence
-        widget = self.query_one("#browser-message", Static)
-        widget.update(sentence)
-        widget.display = bool(sentence)
+        self._show_line("#browser-message", sentence)
 
     def _task_line(self, text: str) -> None:
-        widget = self.query_one("#browser-task", Static)
+        self._show_line("#browser-task", text)
+
+    def _show_line(self, selector: str, text: str) -> None:
+        """Show `text` under the details, scrolled into view: on 80x24 the details fill the panel."""
+        widget = self.query_one(selector, Static)
         widget.update(text)
         widget.display = bool(text)
+        if text:
+            self.call_after_refresh(widget.scroll_visible, animate=False)
 
     # ------------------------------------------------------------ actions
 

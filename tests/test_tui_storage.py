@@ -442,6 +442,16 @@ class TestBackups:
             assert backup.name not in tree(app).names
         assert not backup.exists()
 
+    async def test_the_result_of_a_verify_is_scrolled_into_view_at_80x24(self, config_with_dms):
+        backup = make_backup(config_with_dms)
+        app = make_app(config_with_dms, clock=fixed_clock)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await open_backup(pilot, backup.name, backup.parent)
+            assert "is intact" not in shown(app)
+            await pilot.press("v")
+            await settle(pilot)
+            assert "is intact" in shown(app)  # below the details, which fill the panel at this size
+
     async def test_delete_can_be_cancelled(self, config_with_dms):
         backup = make_backup(config_with_dms)
         app = make_app(config_with_dms, clock=fixed_clock)
