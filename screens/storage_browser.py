@@ -394,6 +394,8 @@ class StorageBrowser(ModalScreen[Config | None]):
         self._show_details(message.details)  # type: ignore[arg-type]
         if self.sentence == READING:
             self._say("")
+        elif self.sentence:  # details read again after a task: its result stays in view below them
+            self._scroll_to_lines()
 
     def _show_details(self, details: BackupDetails | None, *, keep_selection: bool = False) -> None:
         self.details = details
@@ -421,7 +423,12 @@ class StorageBrowser(ModalScreen[Config | None]):
         widget.update(text)
         widget.display = bool(text)
         if text:
-            self.call_after_refresh(widget.scroll_visible, animate=False)
+            self._scroll_to_lines()
+
+    def _scroll_to_lines(self) -> None:
+        """The task and message lines are the panel's last: scroll to its end once laid out."""
+        panel = self.query_one("#browser-panel", VerticalScroll)
+        self.call_after_refresh(panel.scroll_end, animate=False, immediate=True)
 
     # ------------------------------------------------------------ actions
 

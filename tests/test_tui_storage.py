@@ -442,7 +442,7 @@ class TestBackups:
             assert backup.name not in tree(app).names
         assert not backup.exists()
 
-    async def test_the_result_of_a_verify_is_scrolled_into_view_at_80x24(self, config_with_dms):
+    async def test_the_results_of_verify_and_restore_are_scrolled_into_view_at_80x24(self, config_with_dms):
         backup = make_backup(config_with_dms)
         app = make_app(config_with_dms, clock=fixed_clock)
         async with app.run_test(size=(80, 24)) as pilot:
@@ -451,6 +451,12 @@ class TestBackups:
             await pilot.press("v")
             await settle(pilot)
             assert "is intact" in shown(app)  # below the details, which fill the panel at this size
+            await pilot.press("r")
+            await pilot.pause()
+            app.screen.query_one("#restore").press()
+            await settle(pilot)
+            rollback = next((config_with_dms.state_dir / "rollback").iterdir())
+            assert rollback.name[-6:] + "." in shown(app)  # the end of the sentence's last line
 
     async def test_delete_can_be_cancelled(self, config_with_dms):
         backup = make_backup(config_with_dms)
