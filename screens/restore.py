@@ -20,6 +20,7 @@ from textual.widgets import Button, Footer, Input, Static
 
 from backup.config import Config
 from tui.messages import Concealed
+from widgets.secret_input import SecretInput
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class ConfirmRestoreScreen(_Dialog):
             if self.ask_dms:
                 yield Static("This appliance's Domain Master Secret does not open this backup: "
                              "give the DMS it was made with.", classes="note", markup=False)
-                field = Input(password=True, id="restore-dms", placeholder="the backup's DMS", compact=True)
+                field = SecretInput(id="restore-dms", placeholder="the backup's DMS", compact=True)
                 field.cursor_blink = self.blink_cursor
                 yield field
                 yield Static("", id="restore-error", classes="form-error", markup=False)
@@ -138,7 +139,7 @@ class PassphraseScreen(_Dialog):
             yield Static("Domain Master Secret of this backup", classes="section-title")
             yield Static(f"This appliance's DMS does not open {self.backup_name}: give the DMS it was made with.",
                          markup=False)
-            field = Input(password=True, id="backup-dms", placeholder="the backup's DMS", compact=True)
+            field = SecretInput(id="backup-dms", placeholder="the backup's DMS", compact=True)
             field.cursor_blink = self.blink_cursor
             yield field
             with Horizontal(classes="buttons"):

@@ -78,8 +78,11 @@ def test_back_up_now_in_a_linux_console_then_quit(tmux: Tmux, appliance: Path, t
     assert "b Back up now" in screen
 
     tmux("send-keys", "-t", "console", "b")
-    screen = tmux.wait_for(lambda s: "just now" in s and "Not Running" in s, 60, "a Last Successful Backup")
+    screen = tmux.wait_for(lambda s: "just now" in s and "Not Running" in s and "Backup created" in s, 60,
+                           "a Last Successful Backup and its notification")
     assert re.search(r"MiB +ok\b", screen), screen
+    # On the Linux console only ASCII is drawn: the notification's edge too (Textual's is a half block).
+    assert screen.isascii(), sorted({c for c in screen if not c.isascii()})
     backups = list((appliance.parent / "backups").glob("*.abk"))
     assert len(backups) == 1
 

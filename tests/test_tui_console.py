@@ -461,6 +461,28 @@ class TestSerialProfile:
             assert app.theme == ANSI_THEME
             assert app.glyphs is profile.ASCII
 
+    async def test_masks_and_scrollbars_are_ascii_on_a_serial_console(self, config_with_dms):
+        """Textual masks secrets with U+2022 and ends scrollbar thumbs with eighth blocks, which not every
+        serial terminal's character set has (the notification's edge: tests/test_e2e_tmux.py)."""
+        backup = BackupService(config_with_dms, kdf_params=FAST_KDF).run_backup().name
+        for serial, mask in ((True, "*"), (False, "\u2022")):
+            app = make_app(config_with_dms, serial=serial)
+            async with app.run_test(size=(80, 24)) as pilot:
+                await settle(pilot)
+                await pilot.press("2")
+                await pilot.pause()
+                await pilot.press("tab")
+                await pilot.press(*"secret!")
+                await pilot.pause()
+                assert mask * 7 in screen_text(app)
+                await pilot.press("escape", "3", "o")  # the browser: Backup Details overflow 80x24
+                await settle(pilot)
+                await pilot.press("down", "enter")
+                await settle(pilot)
+                text = screen_text(app)
+                assert backup[:20] in text
+                assert text.isascii() == serial, sorted({c for c in text if not c.isascii()})
+
     async def test_ansi_theme_can_be_chosen(self, config):
         app = make_app(config, theme=ANSI_THEME)
         async with app.run_test(size=SIZE) as pilot:

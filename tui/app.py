@@ -24,6 +24,7 @@ from textual.binding import Binding
 from textual.message_pump import MessagePump
 from textual.reactive import var
 from textual.screen import ModalScreen, Screen
+from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.theme import BUILTIN_THEMES
 
 from backup.archive import ScryptParams
@@ -56,6 +57,17 @@ from tui.messages import (
 
 ANSI_THEME = "ansi"
 """The theme for serial lines and the Linux console: the terminal's own 16 colours."""
+
+class AsciiScrollBarRender(ScrollBarRender):
+    """Scrollbars for serial lines and the Linux console: the thumb in reverse video, no block glyphs.
+
+    Textual draws the thumb's ends with eighth-block characters (U+2581..U+258F) that a serial
+    terminal or the console's font may not have; spaces in reverse video show on any terminal.
+    """
+
+    VERTICAL_BARS = [" "] * 8
+    HORIZONTAL_BARS = [" "] * 8
+
 
 REFUSALS = (DmsNotSetError, LockHeldError, OperatorRefusedError)
 """Errors by which the core refuses a backup before it starts (nothing is journaled)."""
@@ -154,6 +166,8 @@ class BackupConsole(App[int]):
     # ------------------------------------------------------------ start
 
     def on_mount(self) -> None:
+        if self.serial:
+            ScrollBar.renderer = AsciiScrollBarRender
         self._watch_sigterm()
         self.start_up()
         if self.refresh_interval:
@@ -344,6 +358,7 @@ class BackupConsole(App[int]):
             pass
 
     def on_unmount(self) -> None:
+        ScrollBar.renderer = ScrollBarRender  # a class-wide setting: put Textual's back
         try:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         except (NotImplementedError, RuntimeError, ValueError):

@@ -16,6 +16,7 @@ from textual.widgets import Button, Input, Static
 from backup.secret import MIN_LENGTH, SecretInfo, validate_passphrase
 from tui.format import timestamp
 from tui.messages import Concealed, SecretCheckRequested, SecretSubmitted
+from widgets.secret_input import SecretInput
 
 REMINDER = ("Keep a copy of it in a safe place: restoring a backup on another appliance needs it, "
             "and it can never be shown or set again.")
@@ -54,10 +55,10 @@ class SecretForm(Vertical):
                          f"appliance's lifetime (at least {MIN_LENGTH} characters).", classes="form-note", markup=False)
             with Horizontal(classes="form-row"):
                 yield Static("Secret", classes="form-label")
-                yield Input(password=True, id="secret", placeholder="at least 8 characters", compact=True)
+                yield SecretInput(id="secret", placeholder="at least 8 characters", compact=True)
             with Horizontal(classes="form-row"):
                 yield Static("Repeat the secret", classes="form-label")
-                yield Input(password=True, id="secret-repeat", placeholder="the same again", compact=True)
+                yield SecretInput(id="secret-repeat", placeholder="the same again", compact=True)
             yield Static("", id="secret-error", classes="form-error", markup=False)
             yield Button("Set Secret", id="set-secret", compact=True)
         with Vertical(id="is-set"):
@@ -65,7 +66,7 @@ class SecretForm(Vertical):
             yield Static(REMINDER, classes="form-note", markup=False)
             with Horizontal(classes="form-row"):
                 yield Static("Check a passphrase", classes="form-label")
-                yield Input(password=True, id="check-secret", placeholder="is this the DMS?", compact=True)
+                yield SecretInput(id="check-secret", placeholder="is this the DMS?", compact=True)
             yield Button("Check", id="check", compact=True)
             yield Static("", id="check-result", classes="form-result", markup=False)
 
