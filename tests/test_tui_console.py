@@ -364,6 +364,32 @@ class GatedService(BackupService):
         return super().run_backup(progress=gated, cancel=cancel, **kwargs)
 
 
+async def test_the_status_is_not_reread_every_2_s_while_this_consoles_backup_runs(config_with_dms):
+    """The backup's progress arrives as messages; rereading and redrawing the whole status meanwhile
+    gave the event loop its longest stalls (bench/console.py). Other processes' runs still show."""
+    service = GatedService(config_with_dms, kdf_params=FAST_KDF)
+    reads = []
+    real_status = service.status
+    service.status = lambda **kw: reads.append(1) or real_status(**kw)  # counts; the status is real
+    app = BackupConsole(config_with_dms, service=service, refresh_interval=0.05, blink_cursor=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.3)
+        assert len(reads) >= 3  # the timer reads it while idle
+        await pilot.press("b")
+        assert service.started.wait(10)
+        await pilot.pause(0.1)
+        during = len(reads)
+        await pilot.pause(0.5)
+        assert len(reads) == during and app.backup_running
+        service.gate.set()
+        for _ in range(100):
+            if not app.backup_running:
+                break
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+        assert len(reads) > during + 2  # read at the end, and the timer again
+
+
 class TestQuitDuringBackup:
     def _app(self, config):
         service = GatedService(config, kdf_params=FAST_KDF)
