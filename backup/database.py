@@ -1,8 +1,9 @@
 """Provides consistent copies of the internal SQLite database, taken and put back live.
 
-Both directions use SQLite's online backup API, so the appliance may keep its
-own connections open: a snapshot sees one committed state, and a restore
-replaces the whole database in one transaction.
+The appliance may keep its own connections open throughout. A snapshot sees
+one committed state: the database file itself while frozen() holds (WAL mode,
+the log emptied), else a copy by SQLite's online backup API. A restore puts
+a database back through the backup API, in one transaction.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from typing import Iterator
 from backup.errors import BackupError, ConfigError
 
 BUSY_TIMEOUT_MS = 30_000
-
-
 FREEZE_WAIT_S = 1.0
 """How long freezing waits for the appliance's own readers and writers before copying page by page instead."""
 COPY_STEP = 8 << 20
@@ -54,6 +53,7 @@ def frozen(source: Path) -> Iterator[int | None]:
                 yield None
                 return
             con.execute("BEGIN")
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read transaction starts here
             pages, = con.execute("PRAGMA page_count").fetchone()
             page_size, = con.execute("PRAGMA page_size").fetchone()
         except sqlite3.Error:

@@ -51,7 +51,6 @@ class Extractor(PayloadConsumer):
         self.links: dict[Path, tarfile.TarInfo] = {}
         self.seen_db = False
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-write")  # files in archive order
-        self._pending: set[Future] = set()
         self._pending_bytes = 0
         self._room = threading.Condition()
         self._error: BaseException | None = None
@@ -111,13 +110,11 @@ class Extractor(PayloadConsumer):
             self._pending_bytes += len(data)
         self._raise_worker_error()
         future = self._pool.submit(_write_small, path, data, member)
-        self._pending.add(future)
         future.add_done_callback(lambda f, size=len(data): self._done(f, size))
 
     def _done(self, future: Future, size: int) -> None:
         with self._room:
             self._pending_bytes -= size
-            self._pending.discard(future)
             if future.exception() is not None and self._error is None:
                 self._error = future.exception()
             self._room.notify_all()
