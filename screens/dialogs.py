@@ -17,6 +17,9 @@ Keys (shown in the footer; every action is also in the command palette, ctrl+p):
   b  Back up now
   ?  this help
   q  quit (asks first while a backup runs)
+On Storage, o opens the storage browser: Enter opens, Backspace goes up,
+u uses the location; on a backup, v verifies it (V: deep verify),
+r restores it, x deletes it.
 Tab and shift+Tab move between fields; Enter presses a button; Esc leaves a field.
 A backup can be created only once the Domain Master Secret is set.
 Do not restart or shut down the appliance while a backup runs."""
