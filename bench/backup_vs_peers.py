@@ -253,11 +253,6 @@ class Writer:
             self.commits.append(int(out.strip()))
 
 
-@contextlib.contextmanager
-def _nothing():
-    yield
-
-
 # --------------------------------------------------------------------------
 # Timing
 
@@ -345,7 +340,7 @@ class Ours:
             if old.is_file():
                 old.unlink()
         warm_up(self.appliance)
-        with self.writer.active() if self.writer else _nothing():
+        with self.writer.active() if self.writer else contextlib.nullcontext():
             seconds, rss, stdout = timed(self.command("run"), what="appliance-backup run")
         lines = [line.strip() for line in stdout.splitlines() if line.strip()]
         if not lines:
@@ -402,7 +397,7 @@ class Peer:
             f"tar -C '{self.appliance}' -cf - {' '.join(COMPONENTS)} | zstd -3 -T0 -q -c "
             f"| age -e -r {self.recipient} > '{archive}'"
         )
-        with self.writer.active() if self.writer else _nothing():
+        with self.writer.active() if self.writer else contextlib.nullcontext():
             seconds, rss, _ = timed(["bash", "-o", "pipefail", "-c", pipeline], what="peer backup (tar|zstd|age)")
         archive_bytes = _size(archive)
         backup = Measurement("peer", "backup", run, seconds, rss, archive_bytes, size)

@@ -28,6 +28,7 @@ from backup.service import BackupService
 from backup.storage import Entry, Usage
 from backup.storage.local import LocalStorage
 from screens import storage_browser
+from screens.dialogs import ConfirmQuitScreen
 from screens.restore import ConfirmDeleteScreen, ConfirmRestoreScreen
 from screens.storage import StorageScreen
 from screens.storage_browser import PAGE_SIZE, BrowseLocation, StorageBrowser, local_location
@@ -530,6 +531,13 @@ class TestBackups:
             await pilot.pause()
             assert isinstance(app.screen, StorageBrowser)
             assert browser(app).sentence == "A restore is running: wait for it to finish."
+            await pilot.press("ctrl+q")  # the one quit key a dialog leaves active: it asks, naming the restore
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmQuitScreen)
+            assert "A restore is running" in shown(app) and "Keep the restore running" in shown(app)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert isinstance(app.screen, StorageBrowser) and app.is_running
             # A shutdown (SIGTERM) stops the restore cleanly and the console exits once it has.
             # Only send the signal when the console's handler is on the loop: otherwise it would end pytest.
             assert signal.SIGTERM in asyncio.get_running_loop()._signal_handlers
