@@ -133,6 +133,8 @@ class ScryptParams:
             return f"scrypt log2(N) = {self.log2_n} is outside {MIN_LOG2_N}..{MAX_LOG2_N}"
         if not 1 <= self.r <= MAX_R:
             return f"scrypt r = {self.r} is outside 1..{MAX_R}"
+        if self.log2_n >= 16 * self.r:  # RFC 7914: N < 2**(128 * r / 8); OpenSSL refuses the rest
+            return f"scrypt log2(N) = {self.log2_n} needs r of at least {self.log2_n // 16 + 1} (r = {self.r})"
         if not 1 <= self.p <= MAX_P:
             return f"scrypt p = {self.p} is outside 1..{MAX_P}"
         if self.memory > MAX_SCRYPT_MEMORY:

@@ -140,6 +140,7 @@ def spec_read(data: bytes, passphrase: str) -> bytes:
         and 1 <= r <= 32
         and 1 <= p <= 16
         and 128 * r * 2**log2_n <= 256 * 2**20
+        and log2_n < 16 * r
         and 4096 <= chunk_size <= 16 * 2**20
         and bin(chunk_size).count("1") == 1
     ):
@@ -676,6 +677,18 @@ def test_the_kdf_guard_is_where_the_reader_derives(kdf_forbidden) -> None:
     with pytest.raises(AssertionError, match="the KDF ran"):
         ArchiveReader(io.BytesIO(seal(b"x")), passphrase=PASSPHRASE)
     assert len(kdf_forbidden) == 1
+
+
+def test_scrypt_cost_too_high_for_its_block_size_is_refused_before_the_kdf(kdf_forbidden) -> None:
+    """RFC 7914 wants N < 2**(16 r): OpenSSL refuses N = 2**16 with r = 1 (as a MemoryError, found by fuzzing)."""
+    data = _set_field(_set_field(seal(b"x"), 15, ">B", 1), 14, ">B", 16)
+    with pytest.raises(IntegrityError, match=r"log2\(N\) = 16 needs r of at least 2"):
+        ArchiveReader(io.BytesIO(data), passphrase=PASSPHRASE)
+    with pytest.raises(SpecRefusal, match="integrity"):
+        spec_read(data, PASSPHRASE)
+    assert kdf_forbidden == []
+    valid = _set_field(_set_field(seal(b"x"), 15, ">B", 1), 14, ">B", 15)
+    assert read_header(io.BytesIO(valid)).params.log2_n == 15  # N = 2**15 < 2**16 is allowed
 
 
 @pytest.mark.parametrize(("offset", "fmt", "value", "message"), OUT_OF_RANGE)
