@@ -3,11 +3,14 @@
 The appliance may keep its own connections open throughout. A snapshot sees
 one committed state: the database file itself while frozen() holds (WAL mode,
 the log emptied), else a copy by SQLite's online backup API. A restore puts
-a database back through the backup API, in one transaction.
+a database back with replace(): by renaming the staged file over the live
+one when SQLite proves no connection has it open, else through the backup
+API in one transaction, which keeps the appliance's connections valid.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import sqlite3
 import threading
@@ -16,11 +19,14 @@ from pathlib import Path
 from typing import Iterator
 
 from backup.errors import BackupError, ConfigError
+from backup.fsutil import fsync_dir
 
 BUSY_TIMEOUT_MS = 30_000
 FREEZE_WAIT_S = 1.0
 """How long freezing waits for the appliance's own readers and writers before copying page by page instead."""
 COPY_STEP = 8 << 20
+ALONE_WAIT_S = 0.2
+"""How long replace() waits for the live database's lock before writing into it through SQLite instead."""
 
 
 @contextmanager
@@ -78,9 +84,30 @@ def plain_header(head: bytes) -> bytes:
     Header bytes 18 and 19 are 2 in WAL mode; 1 makes the copy a plain database that opens
     anywhere without a log beside it, as journal_mode=DELETE would (SQLite file format, 1.3).
     """
-    if len(head) < 20 or head[18:20] != b"\x02\x02":
+    return _with_mode(head, PLAIN)
+
+
+PLAIN = b"\x01\x01"
+WAL = b"\x02\x02"
+"""Header bytes 18 and 19 of a database in rollback-journal mode and in WAL mode."""
+
+
+def _with_mode(head: bytes, mode: bytes) -> bytes:
+    if len(head) < 20 or head[18:20] not in (PLAIN, WAL):
         return head
-    return head[:18] + b"\x01\x01" + head[20:]
+    return head[:18] + mode + head[20:]
+
+
+def _set_mode(path: Path, mode: bytes) -> None:
+    """Put a closed database file into WAL or rollback-journal mode (its header alone says which), durably."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        head = os.pread(fd, 20, 0)
+        if _with_mode(head, mode) != head:
+            os.pwrite(fd, _with_mode(head, mode), 0)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_file(source: Path, dest: Path, size: int, *, durable: bool) -> None:
@@ -211,6 +238,94 @@ def check(path: Path) -> str | None:
         return str(exc)
     result = "; ".join(r[0] for r in rows)
     return None if result == "ok" else result
+
+
+class Replaced(enum.Enum):
+    """How replace() put the staged database in place."""
+
+    RENAMED = "renamed"
+    """The staged file took the live file's name: nothing had the live database open."""
+    COPIED = "copied"
+    """Written into the live file through SQLite, in one transaction: open connections stay valid."""
+
+
+def replace(staged: Path, live: Path, *, keep: Path | None) -> Replaced:
+    """Make the database file `staged` (in live's directory) the live database; `staged` is used up.
+
+    `keep`, a path in live's directory, receives the replaced database whole
+    before anything changes (None: it is not kept). In WAL mode (the
+    appliance's) SQLite proves whether any connection has the database open:
+    leaving WAL mode needs the only connection. When this process gets it,
+    it holds the file locked and the staged file is renamed over it, and
+    the old file is kept by a hard link: no byte is copied. Otherwise (the
+    appliance's services still connected, a rollback-journal database, a
+    filesystem without hard links) the content is written through SQLite's
+    backup API in one transaction, the way every connection sees it at once.
+    Either way a crash leaves the old or the new database, never a mix.
+    """
+    if not live.exists():
+        os.rename(staged, live)
+        fsync_dir(live.parent)
+        return Replaced.RENAMED
+    with _alone(live) as con:
+        if con is not None:
+            try:
+                if keep is not None:
+                    os.link(live, keep)
+                    fsync_dir(live.parent)
+                _set_mode(staged, WAL)
+                os.rename(staged, live)
+            except BaseException as exc:  # nothing was replaced: undo, then copy instead (or stop)
+                if keep is not None:
+                    keep.unlink(missing_ok=True)
+                _set_mode(staged, PLAIN)
+                con.execute("PRAGMA journal_mode=WAL")  # as the live database was
+                if not isinstance(exc, OSError):
+                    raise
+            else:
+                fsync_dir(live.parent)
+                return Replaced.RENAMED
+    if keep is not None:
+        partial = keep.with_name(keep.name + ".partial")
+        snapshot(live, partial, durable=True)
+        os.rename(partial, keep)
+        fsync_dir(live.parent)
+    restore_into(staged, live)
+    staged.unlink()
+    return Replaced.COPIED
+
+
+@contextmanager
+def _alone(live: Path) -> Iterator[sqlite3.Connection | None]:
+    """Yield a connection that alone holds the WAL database `live`, locked, with no file beside it; else None.
+
+    The connection leaves WAL mode under the exclusive locking mode: SQLite
+    allows that only to the one connection the database has, then empties
+    the log and removes it, and the lock stays until close. The old file
+    alone then holds the whole database; its committed journal, if one is
+    left, is removed, so nothing of it can be applied to the file renamed in.
+    Connections that try to open the database meanwhile wait ("database is
+    locked"), then open whatever file has the name by then.
+    """
+    con = None
+    try:
+        con = sqlite3.connect(live, timeout=ALONE_WAIT_S, isolation_level=None)
+        con.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first read: the lock, once had, stays
+        alone = (con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+                 and con.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete")
+    except sqlite3.Error:  # another connection has it open (locked), or it does not open: copy instead
+        alone = False
+    if not alone:
+        if con is not None:
+            con.close()
+        yield None
+        return
+    try:
+        for suffix in ("-journal", "-wal", "-shm"):
+            live.with_name(live.name + suffix).unlink(missing_ok=True)
+        yield con
+    finally:
+        con.close()
 
 
 def restore_into(staged: Path, live: Path) -> None:

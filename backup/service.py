@@ -119,6 +119,8 @@ class RestoreResult:
     rollback_dir: Path
     """Where the replaced state was kept."""
     files: int
+    database: database.Replaced
+    """Whether the database file was renamed in (nothing had it open) or written into through SQLite."""
 
 
 @dataclass(frozen=True)
@@ -670,10 +672,7 @@ class BackupService:
         stages = {c: paths[f"{c}.stage"] for c in targets}
         db_stage = paths["database.stage"]
         tracker = Tracker("restore", progress, cancel)
-        # The state being replaced is copied while the backup is decrypted and staged.
         ensure_private_dir(paths["rollback"])
-        kept = (database.BackgroundSnapshot(appliance.database, paths["rollback"] / "internal.db", durable=True)
-                if appliance.database.exists() else None)
         swapping = False
         consumer = None
         try:
@@ -689,22 +688,18 @@ class BackupService:
             if problem:
                 raise IntegrityError(f"The database in the backup does not open ({problem}); nothing was changed.")
             tracker.set_stage("Replacing the appliance's state")
-            if kept is not None:
-                kept.result()
             swapping = True
-            rollback_dir = self._swap_in(targets, stages, db_stage, run_id)
+            rollback_dir, replaced = self._swap_in(targets, stages, db_stage, run_id)
         finally:
             if consumer is not None:
                 consumer.close()
-            if kept is not None:
-                kept.wait()
             if not swapping:  # nothing was replaced: no rollback copy to keep
                 shutil.rmtree(paths["rollback"], ignore_errors=True)
             for stage in stages.values():
                 shutil.rmtree(stage, ignore_errors=True)
             db_stage.unlink(missing_ok=True)
         tracker.set_stage("Done")
-        return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files)
+        return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files, database=replaced)
 
     def _restore_paths(self, run_id: str) -> dict[str, Path]:
         appliance = self.config.appliance
@@ -713,17 +708,21 @@ class BackupService:
             paths[f"{component}.stage"] = target.parent / f".{target.name}.restore-{run_id}"
             paths[f"{component}.old"] = target.parent / f".{target.name}.pre-restore-{run_id}"
         paths["database.stage"] = appliance.database.parent / f".{appliance.database.name}.restore-{run_id}"
+        paths["database.old"] = appliance.database.parent / f".{appliance.database.name}.pre-restore-{run_id}"
         paths["rollback"] = self.state_dir / "rollback" / run_id
         return paths
 
-    def _swap_in(self, targets: dict[str, Path], stages: dict[str, Path], db_stage: Path, run_id: str) -> Path:
+    def _swap_in(self, targets: dict[str, Path], stages: dict[str, Path], db_stage: Path,
+                 run_id: str) -> tuple[Path, database.Replaced]:
         """Put the staged state in place; undo every step taken if one fails.
 
         A phase file in the rollback directory tells recovery, after a crash,
         whether to undo the swap ("swapping") or finish it ("committed").
+        What is replaced is first kept beside its target (`.old` paths), then
+        moved into the rollback directory.
         """
         paths = self._restore_paths(run_id)
-        rollback_dir = paths["rollback"]  # holds the copy of the database being replaced (see _restore)
+        rollback_dir = paths["rollback"]
         _write_phase(rollback_dir, "swapping")
         try:
             for component, target in targets.items():
@@ -731,7 +730,7 @@ class BackupService:
                     os.rename(target, paths[f"{component}.old"])
                 os.rename(stages[component], target)
                 fsync_dir(target.parent)
-            database.restore_into(db_stage, self.config.appliance.database)
+            replaced = database.replace(db_stage, self.config.appliance.database, keep=paths["database.old"])
         except BaseException as exc:
             self._undo_swap(run_id)
             if isinstance(exc, (KeyboardInterrupt, InterruptedRunError)):
@@ -740,7 +739,7 @@ class BackupService:
                               "the previous state was put back.") from None
         _write_phase(rollback_dir, "committed")
         self._keep_old_state(run_id)
-        return rollback_dir
+        return rollback_dir, replaced
 
     def _undo_swap(self, run_id: str) -> None:
         paths = self._restore_paths(run_id)
@@ -751,16 +750,19 @@ class BackupService:
                     shutil.rmtree(target)
                 os.rename(old, target)
                 fsync_dir(target.parent)
-        kept_db = paths["rollback"] / "internal.db"
-        if kept_db.exists():
-            database.restore_into(kept_db, self.config.appliance.database)
+        old_db, live_db = paths["database.old"], self.config.appliance.database
+        if old_db.exists():
+            if live_db.exists() and os.path.samefile(old_db, live_db):
+                old_db.unlink()  # kept, but the swap stopped before the database was replaced
+            else:
+                database.replace(old_db, live_db, keep=None)
 
     def _keep_old_state(self, run_id: str) -> None:
         paths = self._restore_paths(run_id)
-        for component in ("firmware", "system"):
+        for component, kept in (("firmware", "firmware"), ("system", "system"), ("database", "internal.db")):
             old = paths[f"{component}.old"]
             if old.exists():
-                shutil.move(old, paths["rollback"] / component)
+                shutil.move(old, paths["rollback"] / kept)
         _write_phase(paths["rollback"], "done")
         self._prune_rollbacks()
 
@@ -784,6 +786,8 @@ class BackupService:
         for key in ("firmware.stage", "system.stage"):
             shutil.rmtree(paths[key], ignore_errors=True)
         paths["database.stage"].unlink(missing_ok=True)
+        old_db = paths["database.old"]
+        old_db.with_name(old_db.name + ".partial").unlink(missing_ok=True)  # a copy replace() had begun
 
 
 def _unlink_later(path: Path) -> None:

@@ -136,3 +136,130 @@ def test_copies_under_a_busy_writer_never_split_a_transaction(tmp_path: Path, du
         thread.join()
     assert committed[0] > 120
     assert file_copies, "no copy was frozen: the writer never let the log be emptied"
+
+
+# ------------------------------------------------------------ replace (a restore's last step)
+
+
+def _staged(tmp_path: Path, live: Path, rows: int) -> Path:
+    """A database as a restore stages it: beside the live one, a plain (non-WAL) copy from a backup."""
+    source = _make(tmp_path / "from-backup.db", rows=rows)
+    staged = live.with_name(".live.db.restore-1")
+    database.snapshot(source, staged, durable=True)
+    assert staged.read_bytes()[18:20] == b"\x01\x01"
+    return staged
+
+
+def _journal_mode(path: Path) -> str:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        con.close()
+
+
+def _siblings(live: Path) -> set[str]:
+    return {p.name for p in live.parent.iterdir() if p.name.startswith(live.name)}
+
+
+def test_replace_renames_the_staged_file_in_when_nobody_has_the_database_open(tmp_path: Path) -> None:
+    live = _make(tmp_path / "live.db", rows=10)
+    old_rows = db_rows(live)
+    staged = _staged(tmp_path, live, rows=30)
+    new_rows = db_rows(staged)
+    new_inode = staged.stat().st_ino
+    keep = tmp_path / ".live.db.pre-restore-1"
+
+    assert database.replace(staged, live, keep=keep) is database.Replaced.RENAMED
+    assert live.stat().st_ino == new_inode and not staged.exists()
+    assert _siblings(live) == {"live.db"}  # no log, index or journal of the old file beside the new one
+    assert live.read_bytes()[18:20] == b"\x02\x02"  # WAL mode, as the replaced database was
+    assert db_rows(live) == new_rows and database.check(live) is None
+    assert _journal_mode(live) == "wal"
+    assert db_rows(keep) == old_rows and database.check(keep) is None
+
+
+def test_replace_copies_into_a_database_another_connection_holds_and_that_connection_stays_valid(
+        tmp_path: Path) -> None:
+    live = _make(tmp_path / "live.db", rows=10)
+    old_rows = db_rows(live)
+    staged = _staged(tmp_path, live, rows=30)
+    new_rows = db_rows(staged)
+    inode = live.stat().st_ino
+    service = sqlite3.connect(live)  # the appliance's own connection, idle between its transactions
+    service.execute("SELECT count(*) FROM t").fetchone()
+    keep = tmp_path / ".live.db.pre-restore-1"
+    try:
+        assert database.replace(staged, live, keep=keep) is database.Replaced.COPIED
+        assert live.stat().st_ino == inode and not staged.exists()
+        assert sorted(service.execute("SELECT * FROM t").fetchall(), key=repr) == new_rows["t"]
+        with service:
+            service.execute("INSERT INTO t (pair, side) VALUES (-1, 'written after the restore')")
+    finally:
+        service.close()
+    assert len(db_rows(live)["t"]) == len(new_rows["t"]) + 1
+    assert _journal_mode(live) == "wal" and database.check(live) is None
+    assert db_rows(keep) == old_rows and database.check(keep) is None
+    assert not keep.with_name(keep.name + ".partial").exists()
+
+
+def test_replace_copies_into_a_rollback_journal_database(tmp_path: Path) -> None:
+    """Idle connections hold no lock in rollback-journal mode, so nothing proves the file is unused."""
+    live = _make(tmp_path / "live.db", wal=False, rows=10)
+    staged = _staged(tmp_path, live, rows=30)
+    new_rows = db_rows(staged)
+    inode = live.stat().st_ino
+    assert database.replace(staged, live, keep=None) is database.Replaced.COPIED
+    assert live.stat().st_ino == inode and db_rows(live) == new_rows
+    assert _journal_mode(live) == "delete"
+
+
+def test_replace_puts_a_database_where_there_was_none(tmp_path: Path) -> None:
+    live = tmp_path / "live.db"
+    staged = _staged(tmp_path, live, rows=5)
+    new_rows = db_rows(staged)
+    keep = tmp_path / ".live.db.pre-restore-1"
+    assert database.replace(staged, live, keep=keep) is database.Replaced.RENAMED
+    assert db_rows(live) == new_rows and not keep.exists() and not staged.exists()
+
+
+def test_replace_falls_back_to_a_copy_when_the_file_cannot_be_linked(tmp_path: Path, monkeypatch) -> None:
+    """Fault injection: a filesystem that refuses hard links (the old file must be kept before the swap)."""
+    live = _make(tmp_path / "live.db", rows=10)
+    old_rows = db_rows(live)
+    staged = _staged(tmp_path, live, rows=30)
+    new_rows = db_rows(staged)
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(database.os, "link", refuse)
+    keep = tmp_path / ".live.db.pre-restore-1"
+    assert database.replace(staged, live, keep=keep) is database.Replaced.COPIED
+    monkeypatch.undo()
+    assert db_rows(live) == new_rows and db_rows(keep) == old_rows
+    assert _journal_mode(live) == "wal"  # the probe's switch out of WAL was undone
+
+
+def test_while_replacing_nobody_else_can_open_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    """Between the probe and the rename another connection gets 'locked', never the old file's content."""
+    live = _make(tmp_path / "live.db", rows=10)
+    staged = _staged(tmp_path, live, rows=30)
+    seen = []
+    real_rename = database.os.rename
+
+    def observed(src, dst):
+        if Path(dst) == live:
+            other = sqlite3.connect(live, timeout=0.05)
+            try:
+                other.execute("SELECT count(*) FROM t").fetchone()
+                seen.append("read")
+            except sqlite3.OperationalError as exc:
+                seen.append(str(exc))
+            finally:
+                other.close()
+        real_rename(src, dst)
+
+    monkeypatch.setattr(database.os, "rename", observed)
+    assert database.replace(staged, live, keep=None) is database.Replaced.RENAMED
+    assert seen == ["database is locked"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 import tarfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from backup.archive import read_header
 from backup.errors import BackupError, ExitCode, UnsafeArchiveError
 from backup.service import BackupService
 from tests.conftest import run_cli
-from tests.helpers import appliance_state, sealed_backup
+from tests.helpers import appliance_state, db_rows, sealed_backup
 
 HEADER = 162
 
@@ -176,12 +177,39 @@ def test_a_link_inside_its_component_is_fine(service: BackupService) -> None:
 # ------------------------------------------------------------ rollback
 
 
-def test_a_failure_while_replacing_puts_the_previous_state_back(backed_up, monkeypatch) -> None:
-    """Fault injection: the database step fails after the directories were swapped in."""
+def test_a_failure_after_the_database_was_renamed_in_puts_the_previous_state_back(backed_up, monkeypatch) -> None:
+    """Fault injection: the new database is in place, then the step fails (as a directory fsync can)."""
     service, name, _ = backed_up
     (service.config.appliance.firmware / "after.conf").write_text("made after the backup\n")
     before = appliance_state(service.config)
+    real = database.replace
+    calls = []
 
+    def failing_after(staged, live, *, keep):  # the restore's call replaces, then fails; the undo's call works
+        calls.append(staged.name)
+        replaced = real(staged, live, keep=keep)
+        if len(calls) == 1:
+            assert replaced is database.Replaced.RENAMED
+            raise OSError(5, "Input/output error")
+        return replaced
+
+    monkeypatch.setattr(database, "replace", failing_after)
+    with pytest.raises(BackupError, match="previous state was put back"):
+        service.restore(name)
+    monkeypatch.undo()
+    assert len(calls) == 2 and ".pre-restore-" in calls[1]
+    assert appliance_state(service.config) == before
+    assert service.journal.runs()[-1].result == "failed"
+    assert not [p for p in service.config.appliance.database.parent.iterdir() if "restore-" in p.name]
+
+
+def test_a_failure_while_writing_into_an_open_database_puts_the_previous_state_back(backed_up, monkeypatch) -> None:
+    """Fault injection: the appliance holds the database open, and SQLite's write of the backup fails."""
+    service, name, _ = backed_up
+    (service.config.appliance.firmware / "after.conf").write_text("made after the backup\n")
+    before = appliance_state(service.config)
+    held = sqlite3.connect(service.config.appliance.database)
+    held.execute("SELECT count(*) FROM sqlite_master").fetchone()
     real = database.restore_into
     calls = []
 
@@ -192,35 +220,73 @@ def test_a_failure_while_replacing_puts_the_previous_state_back(backed_up, monke
         real(staged, live)
 
     monkeypatch.setattr(database, "restore_into", broken)
-    with pytest.raises(Exception, match="previous state was put back"):
-        service.restore(name)
-    monkeypatch.undo()
-    assert len(calls) == 2
-    assert appliance_state(service.config) == before
-    assert service.journal.runs()[-1].result == "failed"
+    try:
+        with pytest.raises(BackupError, match="previous state was put back"):
+            service.restore(name)
+        monkeypatch.undo()
+        assert len(calls) == 2
+        assert appliance_state(service.config) == before
+        held.execute("SELECT count(*) FROM sqlite_master").fetchone()  # its connection still works
+    finally:
+        held.close()
 
 
-def test_a_restore_killed_mid_swap_is_undone_at_next_start(backed_up) -> None:
-    """Simulates a crash between swapping the directories and the database (phase file says "swapping")."""
-    service, name, _ = backed_up
-    (service.config.appliance.firmware / "after.conf").write_text("made after the backup\n")
-    before = appliance_state(service.config)
+def _crash_mid_swap(service: BackupService, name: str, phase: str, database_step: str) -> str:
+    """Replays what _swap_in does, up to a crash, for a run whose process no longer exists."""
     run_id = service.journal.start("restore", now=service.clock(), name=name)
-    # Replay what _swap_in does up to the crash, with a pid that no longer exists.
     paths = service._restore_paths(run_id)
+    live = service.config.appliance.database
     paths["rollback"].mkdir(parents=True)
-    database.snapshot(service.config.appliance.database, paths["rollback"] / "internal.db")
-    (paths["rollback"] / "PHASE").write_text("swapping\n")
+    (paths["rollback"] / "PHASE").write_text(phase + "\n")
     fw = service.config.appliance.firmware
     os.rename(fw, paths["firmware.old"])
     fw.mkdir()
     (fw / "half-restored").write_text("x")
+    if database_step in ("kept", "renamed in"):  # as replace() does: out of WAL mode, then a hard link
+        con = sqlite3.connect(live)
+        con.execute("PRAGMA journal_mode=DELETE")
+        con.close()
+        os.link(live, paths["database.old"])
+    if database_step == "renamed in":
+        other = live.with_name("other.db")
+        con = sqlite3.connect(other)
+        con.execute("CREATE TABLE replaced (x)")
+        con.commit()
+        con.close()
+        os.rename(other, live)
     journal = service.journal.path.read_text().replace(f'"pid":{os.getpid()}', '"pid":999999999')
     service.journal.path.write_text(journal)
+    return run_id
+
+
+@pytest.mark.parametrize("database_step", ["not yet", "kept", "renamed in"])
+def test_a_restore_killed_mid_swap_is_undone_at_next_start(backed_up, database_step: str) -> None:
+    """A crash while the phase file says "swapping": the directories, and the database wherever it was."""
+    service, name, _ = backed_up
+    (service.config.appliance.firmware / "after.conf").write_text("made after the backup\n")
+    before = appliance_state(service.config)
+    run_id = _crash_mid_swap(service, name, "swapping", database_step)
 
     closed = service.recover()
     assert [r.id for r in closed] == [run_id]
     assert appliance_state(service.config) == before
+    parent = service.config.appliance.database.parent
+    assert not [p.name for p in parent.iterdir() if "restore-" in p.name]
+
+
+def test_a_restore_killed_after_its_commit_is_finished_at_next_start(backed_up) -> None:
+    service, name, _ = backed_up
+    old_rows = db_rows(service.config.appliance.database)
+    run_id = _crash_mid_swap(service, name, "committed", "renamed in")
+    after = appliance_state(service.config)
+
+    service.recover()
+    assert appliance_state(service.config) == after  # the new state stays
+    rollback = service._restore_paths(run_id)["rollback"]
+    assert db_rows(rollback / "internal.db") == old_rows
+    assert (rollback / "PHASE").read_text() == "done\n"
+    parent = service.config.appliance.database.parent
+    assert not [p.name for p in parent.iterdir() if "restore-" in p.name]
 
 
 def test_restore_drops_setuid_setgid_and_sticky_bits(service: BackupService) -> None:
