@@ -28,7 +28,7 @@ from backup.payload import PayloadConsumer
 WORKERS = 1
 SMALL_FILE = 256 << 10
 """Files up to this size are held in memory and written by a worker; larger ones stream on the caller's thread."""
-PENDING_BYTES = 16 << 20
+PENDING_BYTES = 64 << 20
 """At most this much file content waits for the workers (memory stays bounded)."""
 OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 

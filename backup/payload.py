@@ -310,17 +310,26 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tar)
 
 
-def open_tar_stream(archive: BinaryIO) -> tarfile.TarFile:
-    """A streaming tar reader over the decrypted, decompressed payload."""
-    reader = zstandard.ZstdDecompressor().stream_reader(archive, read_size=READ_SIZE, closefd=False)
-    return tarfile.open(fileobj=reader, mode="r|", bufsize=READ_SIZE, encoding="utf-8", errors="surrogateescape",
+def decompressed(archive: BinaryIO) -> BinaryIO:
+    """The payload's tar stream: the decrypted archive, decompressed as it is read."""
+    return zstandard.ZstdDecompressor().stream_reader(archive, read_size=READ_SIZE, closefd=False)
+
+
+def open_tar_stream(payload: BinaryIO) -> tarfile.TarFile:
+    """A tar reader over the decompressed payload, read forward only.
+
+    Mode "r:" reads members straight from `payload`; the streaming mode "r|"
+    copies every byte through its own buffer several times (verify --deep of
+    the 1 GiB bench state: 1.9-2.0 s that way, 1.2-1.3 s this way).
+    """
+    return tarfile.open(fileobj=payload, mode="r:", encoding="utf-8", errors="surrogateescape",
                         tarinfo=_BoundedTarInfo)
 
 
 def read_manifest(archive: BinaryIO) -> dict:
     """The manifest, read from the start of the payload only."""
     try:
-        return _first_manifest(open_tar_stream(archive))
+        return _first_manifest(open_tar_stream(decompressed(archive)))
     except (tarfile.TarError, zstandard.ZstdError, ValueError, EOFError) as exc:
         raise IntegrityError(f"The backup's contents cannot be read ({_short(exc)}): it is damaged.") from None
 
@@ -404,7 +413,7 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
     digests: list[tuple[str, str, Any]] = []
     """(component, member name, its sha256 object), in archive order."""
     try:
-        tar = open_tar_stream(archive)
+        tar = open_tar_stream(decompressed(archive))
         manifest = _first_manifest(tar)
         checksums = None
         summary = PayloadSummary(manifest=manifest, checksums={})
