@@ -22,7 +22,7 @@ import tarfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import zstandard
 
@@ -315,6 +315,19 @@ def decompressed(archive: BinaryIO) -> BinaryIO:
     return zstandard.ZstdDecompressor().stream_reader(archive, read_size=READ_SIZE, closefd=False)
 
 
+def _content(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Iterator[bytes]:
+    """A regular member's content, in blocks read straight from the payload (no copy through tarfile's reader)."""
+    payload = tar.fileobj
+    payload.seek(member.offset_data)  # where it already is: members are read in order
+    left = member.size
+    while left:
+        block = payload.read(min(left, READ_SIZE))
+        if not block:
+            raise tarfile.ReadError("unexpected end of data")
+        left -= len(block)
+        yield block
+
+
 def open_tar_stream(payload: BinaryIO) -> tarfile.TarFile:
     """A tar reader over the decompressed payload, read forward only.
 
@@ -431,14 +444,10 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
             elif member.issym():
                 check_link(member, inner)
                 consumer.symlink(component, inner, member)
-            elif member.isreg():
+            elif member.isreg() and not member.issparse():
                 digest = hashlib.sha256()
                 handle = consumer.file(component, inner, member)
-                source = tar.extractfile(member)
-                while True:
-                    block = source.read(READ_SIZE)
-                    if not block:
-                        break
+                for block in _content(tar, member):
                     hashing.put((digest, block))
                     if handle is not None:
                         handle.write(block)
@@ -450,7 +459,7 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
                 summary.bytes += member.size
             else:
                 raise UnsafeArchiveError(
-                    f"The backup holds a member of a type it never writes ({member.name!r}: hard link, device or fifo); restore refused."
+                    f"The backup holds a member of a type it never writes ({member.name!r}: hard link, device, fifo or sparse file); restore refused."
                 )
         # Drain to the end so the final chunk is authenticated too.
         while archive.read(READ_SIZE):

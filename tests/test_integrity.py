@@ -143,6 +143,7 @@ def _member(name: str, *, type=tarfile.REGTYPE, data: bytes = b"x", linkname: st
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/hard", type=tarfile.LNKTYPE, linkname="/etc/passwd")],
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/dev", type=tarfile.CHRTYPE)],
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/fifo", type=tarfile.FIFOTYPE)],
+        [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/sparse", type=tarfile.GNUTYPE_SPARSE)],
         # Each link stays inside its folder, but followed one through the other they lead out:
         # firmware/deep/s -> .. is firmware/, so firmware/deep/l -> s/../.. is firmware's parent.
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/deep", type=tarfile.DIRTYPE),
@@ -153,7 +154,7 @@ def _member(name: str, *, type=tarfile.REGTYPE, data: bytes = b"x", linkname: st
          _member("firmware/l", type=tarfile.DIRTYPE)],
     ],
     ids=["absolute", "dotdot-inside", "dotdot", "unknown-component", "symlink-absolute", "symlink-up",
-         "hardlink", "device", "fifo", "through-a-chain-of-links", "link-and-folder"],
+         "hardlink", "device", "fifo", "sparse", "through-a-chain-of-links", "link-and-folder"],
 )
 def test_hostile_members_are_refused(service: BackupService, members, tmp_path: Path) -> None:
     name = _hostile_backup(service, members)
