@@ -304,8 +304,11 @@ def _alone(live: Path) -> Iterator[sqlite3.Connection | None]:
     the log and removes it, and the lock stays until close. The old file
     alone then holds the whole database; its committed journal, if one is
     left, is removed, so nothing of it can be applied to the file renamed in.
-    Connections that try to open the database meanwhile wait ("database is
-    locked"), then open whatever file has the name by then.
+    A connection that tries to read meanwhile waits ("database is locked").
+    One that had opened the file before the rename then reads the old file,
+    and SQLite refuses its writes (the file was moved): docs/SECURITY.md 3.6.
+    Nothing here opens `live` other than through SQLite: closing another
+    descriptor of it would drop this process's locks on it (POSIX locks).
     """
     con = None
     try:
