@@ -205,7 +205,9 @@ class PayloadWriter:
     """
 
     def __init__(self, sink: BinaryIO, tracker: Tracker, *, level: int = 3, threads: int = 2) -> None:
-        self._store = _Stage(sink.write, name="backup-store")
+        # zstd's workers hand their output over in bursts of 128 KiB pieces; a deeper queue lets this
+        # thread keep feeding them meanwhile (1 GiB state, alternating: 2.93-3.89 s against 2.89-5.00 s).
+        self._store = _Stage(sink.write, name="backup-store", depth=64)
         self._hash = _Stage(lambda item: item[0].update(item[1]), name="backup-hash", depth=16)
         params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, write_checksum=True)
         self._zstd = zstandard.ZstdCompressor(compression_params=params).stream_writer(
