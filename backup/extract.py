@@ -29,7 +29,12 @@ WORKERS = 1
 SMALL_FILE = 256 << 10
 """Files up to this size are held in memory and written by a worker; larger ones stream on the caller's thread."""
 PENDING_BYTES = 64 << 20
-"""At most this much file content waits for the workers (memory stays bounded)."""
+"""At most this much file content waits for the workers (memory stays bounded).
+
+Enough for the 62 MiB of small files of the bench's 1 GiB state: the caller
+then runs ahead to the database (last in a backup) and writes it while the
+worker still creates files (restore 4.6-5.7 s here, against 6.2-6.6 s with 16 MiB).
+"""
 OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
