@@ -488,6 +488,7 @@ class TestBackups:
                 assert str(path) in warning
             assert not dialog.query("#restore-dms")  # this appliance's DMS opens it
             assert marker.exists()
+            database_inode = appliance.database.stat().st_ino
             dialog.query_one("#restore").press()
             await settle(pilot)
             assert browser(app).sentence.startswith(f"The appliance was restored from {backup.name}")
@@ -496,6 +497,9 @@ class TestBackups:
             assert str(rollback) in " ".join(browser(app).sentence.split())
         assert not marker.exists()
         assert (rollback / "system" / "added-after-the-backup.conf").exists()
+        # The console holds no connection to the database, so the restored file was renamed in.
+        assert appliance.database.stat().st_ino != database_inode
+        assert (rollback / "internal.db").stat().st_ino == database_inode
 
     async def test_shutdown_during_a_restore_stops_it_before_anything_changes(self, config_with_dms, monkeypatch):
         backup = make_backup(config_with_dms)
