@@ -119,8 +119,6 @@ class RestoreResult:
     rollback_dir: Path
     """Where the replaced state was kept."""
     files: int
-    database: database.Replaced
-    """Whether the database file was renamed in (nothing had it open) or written into through SQLite."""
 
 
 @dataclass(frozen=True)
@@ -689,7 +687,7 @@ class BackupService:
                 raise IntegrityError(f"The database in the backup does not open ({problem}); nothing was changed.")
             tracker.set_stage("Replacing the appliance's state")
             swapping = True
-            rollback_dir, replaced = self._swap_in(targets, stages, db_stage, run_id)
+            rollback_dir = self._swap_in(targets, stages, db_stage, run_id)
         finally:
             if consumer is not None:
                 consumer.close()
@@ -699,7 +697,7 @@ class BackupService:
                 shutil.rmtree(stage, ignore_errors=True)
             db_stage.unlink(missing_ok=True)
         tracker.set_stage("Done")
-        return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files, database=replaced)
+        return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files)
 
     def _restore_paths(self, run_id: str) -> dict[str, Path]:
         appliance = self.config.appliance
@@ -712,8 +710,7 @@ class BackupService:
         paths["rollback"] = self.state_dir / "rollback" / run_id
         return paths
 
-    def _swap_in(self, targets: dict[str, Path], stages: dict[str, Path], db_stage: Path,
-                 run_id: str) -> tuple[Path, database.Replaced]:
+    def _swap_in(self, targets: dict[str, Path], stages: dict[str, Path], db_stage: Path, run_id: str) -> Path:
         """Put the staged state in place; undo every step taken if one fails.
 
         A phase file in the rollback directory tells recovery, after a crash,
@@ -730,7 +727,7 @@ class BackupService:
                     os.rename(target, paths[f"{component}.old"])
                 os.rename(stages[component], target)
                 fsync_dir(target.parent)
-            replaced = database.replace(db_stage, self.config.appliance.database, keep=paths["database.old"])
+            database.replace(db_stage, self.config.appliance.database, keep=paths["database.old"])
         except BaseException as exc:
             self._undo_swap(run_id)
             if isinstance(exc, (KeyboardInterrupt, InterruptedRunError)):
@@ -739,7 +736,7 @@ class BackupService:
                               "the previous state was put back.") from None
         _write_phase(rollback_dir, "committed")
         self._keep_old_state(run_id)
-        return rollback_dir, replaced
+        return rollback_dir
 
     def _undo_swap(self, run_id: str) -> None:
         paths = self._restore_paths(run_id)
