@@ -78,6 +78,11 @@ def frozen(source: Path) -> Iterator[int | None]:
         con.close()  # ends the read transaction
 
 
+PLAIN = b"\x01\x01"
+WAL = b"\x02\x02"
+"""Header bytes 18 and 19 of a database in rollback-journal mode and in WAL mode."""
+
+
 def plain_header(head: bytes) -> bytes:
     """The start of a database file as a copy of it must be stored: no longer in WAL mode.
 
@@ -85,11 +90,6 @@ def plain_header(head: bytes) -> bytes:
     anywhere without a log beside it, as journal_mode=DELETE would (SQLite file format, 1.3).
     """
     return _with_mode(head, PLAIN)
-
-
-PLAIN = b"\x01\x01"
-WAL = b"\x02\x02"
-"""Header bytes 18 and 19 of a database in rollback-journal mode and in WAL mode."""
 
 
 def _with_mode(head: bytes, mode: bytes) -> bytes:
@@ -103,8 +103,9 @@ def _set_mode(path: Path, mode: bytes) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         head = os.pread(fd, 20, 0)
-        if _with_mode(head, mode) != head:
-            os.pwrite(fd, _with_mode(head, mode), 0)
+        changed = _with_mode(head, mode)
+        if changed != head:
+            os.pwrite(fd, changed, 0)
             os.fsync(fd)
     finally:
         os.close(fd)
