@@ -18,6 +18,7 @@ import json
 import os
 import queue
 import stat
+import struct
 import tarfile
 import threading
 from dataclasses import dataclass, field
@@ -40,6 +41,12 @@ EXCLUDED = (
 )
 READ_SIZE = 1 << 20
 BLOCK = tarfile.BLOCKSIZE
+SMALL_FILE = 256 << 10
+"""Files up to this size are read in one piece and hashed on the writing thread: handing a
+12 KiB file to the hash thread costs more than hashing it (about 7 µs with SHA-NI)."""
+GATHER = 1 << 20
+"""Small pieces (headers, small files, padding) are gathered up to this size before zstd gets them:
+each call into zstd costs about 15 µs, and a configuration tree has thousands of small files."""
 MAX_MANIFEST = 1 << 20
 MAX_CHECKSUMS = 64 << 20
 MAX_EXTENDED_HEADER = 1 << 20
@@ -215,6 +222,9 @@ class PayloadWriter:
         self.tracker = tracker
         self._digests: list[tuple[str, Any]] = []
         """(member name, its sha256 object): finished by the hash stage, read at close()."""
+        self._gathered = bytearray(GATHER)
+        self._gathered_bytes = 0
+        """Small pieces not yet handed to zstd (see GATHER): the first `_gathered_bytes` of `_gathered`."""
 
     def add_bytes(self, arcname: str, data: bytes, *, mtime: float) -> None:
         info = tarfile.TarInfo(arcname)
@@ -222,7 +232,7 @@ class PayloadWriter:
         info.mode = 0o600
         info.mtime = int(mtime)
         self._header(info)
-        self._zstd.write(data)
+        self._write(data)
         self._pad(len(data))
 
     def add_entry(self, entry: SourceEntry) -> None:
@@ -251,6 +261,14 @@ class PayloadWriter:
             st = os.stat(path)
             info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
         info.size = size
+        if size <= SMALL_FILE and head is None:
+            data = _read_small(path, size)
+            self._digests.append((arcname, hashlib.sha256(data)))
+            self._header(info)
+            self._write(data)
+            self._pad(size)
+            self.tracker.add(done=size)
+            return
         digest = hashlib.sha256()
         self._digests.append((arcname, digest))
         self._header(info)
@@ -264,7 +282,7 @@ class PayloadWriter:
                     block, head = head(block), None
                 left -= len(block)
                 self._hash.put((digest, block))
-                self._zstd.write(block)
+                self._write(block)
                 self.tracker.add(done=len(block))
         self._pad(size)
 
@@ -280,7 +298,8 @@ class PayloadWriter:
         self._hash.close()
         data = json.dumps(self.checksums(), sort_keys=True).encode()
         self.add_bytes(CHECKSUMS_NAME, data, mtime=0)
-        self._zstd.write(b"\0" * (2 * BLOCK))
+        self._write(b"\0" * (2 * BLOCK))
+        self._hand_over()
         self._zstd.flush(zstandard.FLUSH_FRAME)
         self._zstd.close()
         self._store.close()
@@ -290,13 +309,74 @@ class PayloadWriter:
         self._hash.stop(discard=True)
         self._store.stop(discard=True)
 
+    def _write(self, data: bytes | memoryview) -> None:
+        count = len(data)
+        if self._gathered_bytes + count > GATHER:
+            self._hand_over()
+        if count >= GATHER:
+            self._zstd.write(data)
+        else:
+            self._gathered[self._gathered_bytes:self._gathered_bytes + count] = data
+            self._gathered_bytes += count
+
+    def _hand_over(self) -> None:
+        """Give zstd what was gathered (zstd copies it in, so the buffer can be reused)."""
+        if self._gathered_bytes:
+            self._zstd.write(memoryview(self._gathered)[:self._gathered_bytes])
+            self._gathered_bytes = 0
+
     def _header(self, info: tarfile.TarInfo) -> None:
-        self._zstd.write(info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"))
+        self._write(tar_header(info))
 
     def _pad(self, size: int) -> None:
         rest = size % BLOCK
         if rest:
-            self._zstd.write(b"\0" * (BLOCK - rest))
+            self._write(b"\0" * (BLOCK - rest))
+
+
+def _read_small(path: Path, size: int) -> bytes:
+    """Exactly `size` bytes from the start of `path`, with one open and (usually) one read."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size)
+        while len(data) < size:
+            more = os.read(fd, size - len(data))
+            if not more:
+                raise OSError(f"{path} became shorter while it was being backed up")
+            data += more
+        return data
+    finally:
+        os.close(fd)
+
+
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12x")
+_PLAIN_TYPES = (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE)
+_OCTAL_7 = 8 ** 7
+_OCTAL_11 = 8 ** 11
+
+
+def tar_header(info: tarfile.TarInfo) -> bytes:
+    """`info`'s header, byte for byte what tarfile (Python 3.11.4 on) writes in PAX format, built about four times faster.
+
+    The fast path covers what a configuration tree is made of: ASCII names and link
+    targets of up to 100 characters and integer fields that fit their octal fields, so
+    no extended header is needed. Anything else (long or non-ASCII names, huge sizes,
+    negative times) is left to tarfile.
+    """
+    name = info.name + "/" if info.type == tarfile.DIRTYPE and not info.name.endswith("/") else info.name
+    if (info.type in _PLAIN_TYPES and name.isascii() and len(name) <= 100 and info.linkname.isascii()
+            and len(info.linkname) <= 100 and not info.uname and not info.gname and not info.pax_headers
+            and type(info.uid) is int and type(info.gid) is int and type(info.size) is int
+            and type(info.mtime) is int and 0 <= info.uid < _OCTAL_7 and 0 <= info.gid < _OCTAL_7
+            and 0 <= info.size < _OCTAL_11 and 0 <= info.mtime < _OCTAL_11
+            and not info.devmajor and not info.devminor):
+        header = bytearray(_USTAR.pack(
+            name.encode("ascii"), b"%07o\0" % (info.mode & 0o7777), b"%07o\0" % info.uid, b"%07o\0" % info.gid,
+            b"%011o\0" % info.size, b"%011o\0" % info.mtime, b" " * 8, info.type, info.linkname.encode("ascii"),
+            tarfile.POSIX_MAGIC, b"", b"", b"", b"", b""))
+        header[148:155] = b"%06o\0" % sum(header)
+        return bytes(header)
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
 
 
 # ---------------------------------------------------------------- reading
@@ -314,7 +394,8 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 def decompressed(archive: BinaryIO) -> BinaryIO:
     """The payload's tar stream: the decrypted archive, decompressed as it is read."""
-    return zstandard.ZstdDecompressor().stream_reader(archive, read_size=READ_SIZE, closefd=False)
+    return zstandard.ZstdDecompressor().stream_reader(archive, read_size=READ_SIZE, closefd=False,
+                                                        read_across_frames=True)
 
 
 def _content(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Iterator[bytes]:
