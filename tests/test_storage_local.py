@@ -281,3 +281,65 @@ class TestLocalStorageFailures:
             assert storage.list("") == []
         finally:
             subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def _cached_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache (mincore(2) over a read-only mapping)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with open(path, "rb") as f:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vector = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+            return sum(v & 1 for v in vector)
+        finally:
+            libc.munmap(address, size)
+
+
+class TestWriteBack:
+    """The disk writes a backup while it is made, and the finished file does not stay in the page cache."""
+
+    def test_ranges_are_handed_to_the_disk_as_they_are_written(self, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        from backup.storage import local
+
+        step = 1 << 20
+        monkeypatch.setattr(local, "WRITEBACK_STEP", step)
+        advised = []
+        real = os.posix_fadvise
+
+        def recording(fd: int, offset: int, length: int, advice: int) -> None:
+            advised.append((offset, length, advice))
+            real(fd, offset, length, advice)  # the real call: only its arguments are recorded
+
+        monkeypatch.setattr(local.os, "posix_fadvise", recording)
+        data = os.urandom(5 * step + 12_345)
+        out = LocalStorage(tmp_path).create("a.abk")
+        for i in range(0, len(data), 256 << 10):
+            out.write(data[i:i + (256 << 10)])
+        assert [(o, n) for o, n, _ in advised] == [(0, step), (0, 2 * step), (step, 2 * step), (2 * step, 2 * step),
+                                                  (3 * step, 2 * step)]
+        out.commit()
+        assert advised[-1][:2] == (0, 0)  # after the fsync: the whole file
+        assert {a for _, _, a in advised} == {os.POSIX_FADV_DONTNEED}
+        assert (tmp_path / "a.abk").read_bytes() == data
+
+    def test_a_committed_backup_leaves_the_page_cache(self, tmp_path: Path) -> None:
+        data = os.urandom(8 << 20)
+        out = LocalStorage(tmp_path).create("a.abk")
+        out.write(data)
+        assert _cached_pages(tmp_path / ("a.abk" + PARTIAL_SUFFIX)) > 0
+        out.commit()
+        assert _cached_pages(tmp_path / "a.abk") == 0
+        with open(tmp_path / "a.abk", "rb") as f:
+            assert f.read() == data
