@@ -36,6 +36,8 @@ then runs ahead to the database (last in a backup) and writes it while the
 worker still creates files (restore 4.6-5.7 s here, against 6.2-6.6 s with 16 MiB).
 """
 OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+FLUSH_INTERVAL_S = 0.5
+"""While files are extracted, the staging filesystems are synced this often (see _Flusher)."""
 
 
 class _Buffer(bytearray):
@@ -61,6 +63,7 @@ class Extractor(PayloadConsumer):
         self._error: BaseException | None = None
         for stage in stages.values():
             stage.mkdir(mode=0o700)
+        self._flusher = _Flusher([*stages.values(), db_stage.parent])
 
     def _path(self, component: str, inner: PurePosixPath) -> Path:
         if component == "database":
@@ -131,6 +134,7 @@ class Extractor(PayloadConsumer):
     def close(self) -> None:
         """Wait for the workers (always, before the staging directories are removed)."""
         self._pool.shutdown(wait=True)
+        self._flusher.stop()
 
     # ------------------------------------------------------------ the end
 
@@ -156,6 +160,36 @@ class Extractor(PayloadConsumer):
             if device not in synced:
                 sync_filesystem(path)
                 synced.add(device)
+
+
+class _Flusher:
+    """Syncs the filesystems of `paths` every FLUSH_INTERVAL_S until stopped.
+
+    Left alone, the kernel writes a restore's gigabyte to the disk only when
+    finish() syncs, and the restore then waits for the disk with the CPU
+    idle. Synced as it goes, the disk writes while the restore decompresses
+    (1 GiB bench state: the final sync 0.40 s -> 0.07 s; six alternating
+    pairs of restores, 3.08 s -> 2.81 s median). A failed sync here is left
+    for finish()'s own sync to report.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._paths = list({os.stat(path).st_dev: path for path in paths}.values())  # one per filesystem
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="restore-flush", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(FLUSH_INTERVAL_S):
+            for path in self._paths:
+                try:
+                    sync_filesystem(path)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 def _write_small(path: Path, data: bytes, member: tarfile.TarInfo) -> None:
