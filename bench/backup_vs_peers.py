@@ -311,16 +311,26 @@ def _size(path: Path) -> int:
 
 
 class Trash:
-    """Trees a run replaced, kept until the bench ends (see the module docstring for why)."""
+    """Trees a run replaced, kept until the bench ends (see the module docstring for why).
 
-    def __init__(self, directory: Path) -> None:
+    When keeping them would leave less than `reserve` bytes free on the disk,
+    the trash is emptied at once instead, and the bench says so: the next
+    restore may then pay for the deletions.
+    """
+
+    def __init__(self, directory: Path, *, reserve: int) -> None:
         self.directory = directory
+        self.reserve = reserve
         self._count = 0
 
     def discard(self, path: Path) -> None:
         self.directory.mkdir(exist_ok=True)
         self._count += 1
         path.rename(self.directory / f"{self._count}-{path.name}")
+        if shutil.disk_usage(self.directory).free < self.reserve:
+            print(f"bench: less than {self.reserve >> 30} GiB free: the trash is emptied now, so the next "
+                  "restore's file creation may be slower (see the module docstring)")
+            self.empty()
 
     def empty(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -582,7 +592,7 @@ def run(args: argparse.Namespace, size_mib: int) -> int:
         subprocess.run(["age-keygen", "-o", str(key_file)], check=True, stderr=subprocess.DEVNULL)
 
     writer = Writer(appliance / "internal.db", interval_ms=args.writer_ms) if args.writer_ms > 0 else None
-    trash = Trash(out / "trash")
+    trash = Trash(out / "trash", reserve=4 * input_bytes(appliance) + (2 << 30))
     trash.empty()  # what an interrupted bench left
     try:
         return _measure(args, size_mib, executable, out, summary, digest, passphrase_file, key_file, writer, trash)
