@@ -1,11 +1,14 @@
 """Provides the restore's extraction: members written into staging directories, never through a link.
 
-Small files are written by a worker thread: on the ext4 disk measured here
-creating a file costs about half a millisecond of kernel time, so the 5,000
-files of an appliance take seconds, and the main thread keeps decrypting and
-decompressing meanwhile (extraction of the 1 GiB bench state: 8.1-9.7 s all
-on one thread, 6.6-8.0 s with one worker). A second worker did not help:
-the creates contend in the kernel and its time grew (6.6-7.9 s, more sys).
+The main thread only decrypts, decompresses and checks; the writing is done
+beside it. Small files go to a worker thread: creating a file costs kernel
+time (0.03 ms on this ext4 at best, 0.5 ms soon after mass deletions, see
+bench/README.md), and the 5,000 files of an appliance add up (extraction of
+the 1 GiB bench state: 8.1-9.7 s all on one thread, 6.6-8.0 s with one
+worker, measured soon after deletions). A second worker did not help: the
+creates contend in the kernel. Large files' blocks go, in order, to a writer
+thread of their own (_LargeFile), and a flusher syncs the staging
+filesystems as they fill (_Flusher).
 
 Symbolic links are made last, once every file and directory exists, so no
 member can be written through a link the backup itself brought (a chain of
@@ -23,7 +26,7 @@ from typing import BinaryIO
 
 from backup.errors import IntegrityError, UnsafeArchiveError
 from backup.fsutil import sync_filesystem
-from backup.payload import PayloadConsumer
+from backup.payload import PayloadConsumer, Stage
 
 WORKERS = 1
 SMALL_FILE = 256 << 10
@@ -36,6 +39,8 @@ then runs ahead to the database (last in a backup) and writes it while the
 worker still creates files (restore 4.6-5.7 s here, against 6.2-6.6 s with 16 MiB).
 """
 OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+LARGE_FILE_QUEUE = 16
+"""Blocks (of up to 1 MiB) of large files that may wait for the writer thread."""
 FLUSH_INTERVAL_S = 0.5
 """While files are extracted, the staging filesystems are synced this often (see _Flusher)."""
 
@@ -64,6 +69,10 @@ class Extractor(PayloadConsumer):
         for stage in stages.values():
             stage.mkdir(mode=0o700)
         self._flusher = _Flusher([*stages.values(), db_stage.parent])
+        self._large = Stage(lambda call: call(), name="restore-write-large", depth=LARGE_FILE_QUEUE)
+        """Writes large files' blocks and finishes those files, in order; the caller keeps decompressing."""
+        self._large_fds: set[int] = set()
+        """Large files the writer thread has not closed yet."""
 
     def _path(self, component: str, inner: PurePosixPath) -> Path:
         if component == "database":
@@ -99,15 +108,14 @@ class Extractor(PayloadConsumer):
         self._raise_worker_error()
         if member.size <= SMALL_FILE and path != self.db_stage:
             return _Buffer()  # type: ignore[return-value]
-        return os.fdopen(os.open(path, OPEN_FLAGS, 0o600), "wb")
+        return _LargeFile(os.open(path, OPEN_FLAGS, 0o600), self._large, self._large_fds)  # type: ignore[return-value]
 
     def file_done(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo, handle: BinaryIO) -> None:
         path = self._path(component, inner)
         if isinstance(handle, _Buffer):
             self._submit(path, bytes(handle), member)
             return
-        _set_metadata(handle.fileno(), member)
-        handle.close()  # made durable all at once in finish()
+        handle.finish(member)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------ workers
 
@@ -130,16 +138,21 @@ class Extractor(PayloadConsumer):
     def _raise_worker_error(self) -> None:
         if self._error is not None:
             raise self._error
+        self._large.raise_error()
 
     def close(self) -> None:
-        """Wait for the workers (always, before the staging directories are removed)."""
+        """Wait for the workers (always, before the staging directories are removed); what waits is dropped."""
         self._pool.shutdown(wait=True)
+        self._large.stop(discard=True)
+        while self._large_fds:  # left open by a failure
+            os.close(self._large_fds.pop())
         self._flusher.stop()
 
     # ------------------------------------------------------------ the end
 
     def finish(self) -> None:
         """After the whole backup authenticated: links, directory modes, then one flush to disk."""
+        self._large.close()
         self.close()
         self._raise_worker_error()
         if not self.seen_db:
@@ -160,6 +173,38 @@ class Extractor(PayloadConsumer):
             if device not in synced:
                 sync_filesystem(path)
                 synced.add(device)
+
+
+class _LargeFile:
+    """A large file of the backup: its blocks are written, and the file finished, by the writer thread.
+
+    The main thread's work on a large file is decrypting and decompressing;
+    copying each block into the page cache (a fifth of its time, more when
+    this machine's page-cache copies are slow) now runs beside that.
+    Alternating restores of the 1 GiB bench state, pairwise: 0.98 of the
+    time before in one hour, 0.78 in another, when the copies were slow.
+    """
+
+    def __init__(self, fd: int, stage: Stage, open_fds: set[int]) -> None:
+        self._fd = fd
+        self._stage = stage
+        self._open_fds = open_fds
+        open_fds.add(fd)
+
+    def write(self, data: bytes) -> int:
+        self._stage.put(lambda: _write_all(self._fd, data))
+        return len(data)
+
+    def finish(self, member: tarfile.TarInfo) -> None:
+        """Queue the metadata and the close (made durable all at once in Extractor.finish())."""
+        self._stage.put(lambda: self._close(member))
+
+    def _close(self, member: tarfile.TarInfo) -> None:
+        try:
+            _set_metadata(self._fd, member)
+        finally:
+            self._open_fds.discard(self._fd)
+            os.close(self._fd)
 
 
 class _Flusher:
@@ -195,12 +240,16 @@ class _Flusher:
 def _write_small(path: Path, data: bytes, member: tarfile.TarInfo) -> None:
     fd = os.open(path, OPEN_FLAGS, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
         _set_metadata(fd, member)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _set_metadata(fd: int, member: tarfile.TarInfo) -> None:

@@ -7,6 +7,7 @@ their cancel event is set. Errors are the typed errors of backup.errors.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -674,14 +675,21 @@ class BackupService:
         swapping = False
         consumer = None
         try:
-            with self._open(name) as source:
-                reader = self._reader(source, passphrase)
-                tracker.written_source = source.tell
-                tracker.set_stage("Decrypting and checking the backup")
-                consumer = Extractor(stages, db_stage)
-                summary = walk_payload(reader, tracker, consumer)
-                tracker.written_source = None
-            consumer.finish()
+            try:
+                with self._open(name) as source:
+                    reader = self._reader(source, passphrase)
+                    tracker.written_source = source.tell
+                    tracker.set_stage("Decrypting and checking the backup")
+                    consumer = Extractor(stages, db_stage)
+                    summary = walk_payload(reader, tracker, consumer)
+                    tracker.written_source = None
+                consumer.finish()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise BackupError(f"The appliance's disk is full ({appliance.database.parent}): a restore first "
+                                  "writes the whole backed-up state beside the current one. Nothing was changed; "
+                                  "free space there and try again.") from None
             problem = database.opens(db_stage)
             if problem:
                 raise IntegrityError(f"The database in the backup does not open ({problem}); nothing was changed.")

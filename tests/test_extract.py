@@ -1,7 +1,9 @@
-"""The restore's extraction flushes to the disk while it runs, and leaves no thread behind."""
+"""The restore's extraction: it flushes to the disk while it runs, and a failure leaves nothing behind."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -9,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from backup import extract
+from backup.config import load_config
+from backup.demo import create_demo_appliance
+from backup.errors import BackupError
 from backup.service import BackupService
+from tests.conftest import FAST_KDF, PASSPHRASE
+from tests.helpers import appliance_state
 
 
 def _flush_threads() -> list[threading.Thread]:
@@ -52,3 +59,32 @@ def test_a_restore_leaves_no_flusher_running(service: BackupService) -> None:
     name = service.run_backup().name
     service.restore(name)
     assert not _flush_threads()
+
+
+def test_a_restore_onto_a_full_disk_changes_nothing_and_leaves_no_file_open(tmp_path: Path) -> None:
+    """The large file's write fails on the writer thread; the sentence reaches the caller, nothing is left."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs", str(mount)], check=True)
+    try:
+        config = load_config(create_demo_appliance(mount / "appliance"))
+        big = config.appliance.system / "firmware-image.bin"
+        big.write_bytes(os.urandom(6 << 20))  # above SMALL_FILE: written by the large-file writer
+        service = BackupService(config, kdf_params=FAST_KDF)
+        service.set_secret(PASSPHRASE)
+        name = service.run_backup().name
+        before = appliance_state(config)
+        free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+        (mount / "filler").write_bytes(b"\0" * (free - (2 << 20)))  # 2 MiB left: the 6 MiB file cannot be staged
+        fds = sorted(os.listdir("/proc/self/fd"))
+        with pytest.raises(BackupError, match="The appliance.s disk is full .*Nothing was changed"):
+            service.restore(name)
+        assert sorted(os.listdir("/proc/self/fd")) == fds
+        assert not _flush_threads()
+        assert appliance_state(config) == before
+        assert not [p.name for p in config.appliance.system.parent.iterdir() if ".restore-" in p.name]
+        (mount / "filler").unlink()
+        service.restore(name)  # with room again it goes through
+        assert appliance_state(config) == before
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
