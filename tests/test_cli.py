@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from backup.config import Config
 from backup.errors import ExitCode
 from backup.journal import RunJournal
 from backup.service import BackupService
-from tests.conftest import BIN, PASSPHRASE, run_cli
+from tests.conftest import BIN, PASSPHRASE, ROOT, run_cli
 from tests.helpers import appliance_state, mutate_appliance
 
 
@@ -268,3 +269,32 @@ def test_loosened_permissions_on_the_state_dir_and_key_file_are_warned(service: 
     assert len(status["warnings"]) == 2
     assert "chmod 700" in status["warnings"][0] and "chmod 600" in status["warnings"][1]
     assert "Warning:" in run_cli("status", config=service.config).stdout
+
+
+MALLINFO = '''
+import ctypes, sys
+from backup.cli import keep_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "keep":
+    keep_freed_memory()
+block = bytearray(8 << 20)
+mapped = libc.mallinfo2().hblkhd
+del block
+print(mapped, libc.mallinfo2().fordblks)
+'''
+
+
+@pytest.mark.parametrize("mode", ["default", "keep"])
+def test_streaming_commands_keep_freed_buffers_for_reuse(mode: str) -> None:
+    """In a fresh interpreter (glibc): an 8 MiB buffer is mapped and unmapped by default, kept for reuse after."""
+    out = subprocess.run([sys.executable, "-c", MALLINFO, mode], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout
+    mapped, free_in_heap = map(int, out.split())
+    if mode == "default":
+        assert mapped >= 8 << 20 and free_in_heap < 8 << 20
+    else:
+        assert mapped < 8 << 20 and free_in_heap >= 8 << 20
