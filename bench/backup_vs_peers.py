@@ -27,10 +27,10 @@ What a run replaced (our rollback copy, the peer's restored tree) is moved
 aside and deleted only when the bench ends. On an ext4 without a journal (this
 machine's root) the kernel will not reuse an inode freed in the last 5 s (300 s
 while its inode-table block is dirty) and every file creation scans past such
-inodes: deleting 5,000 files between two restores made the next restore's
-creates cost about 0.25 ms more each, on whichever side came next (perf:
-`recently_deleted` was 8% of a restore's CPU). Deleting at the end keeps that
-out of both sides' times.
+inodes: right after 5,000 files were deleted, a create cost about 0.5 ms
+instead of 0.03 ms, on whichever side came next (perf: `recently_deleted`
+was 8% of a restore's CPU). Deleting at the end keeps that out of both
+sides' times.
 
 Prints a table of medians and writes everything to bench/out/results.json.
 """
