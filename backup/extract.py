@@ -48,6 +48,10 @@ FLUSH_INTERVAL_S = 0.5
 class _Buffer(bytearray):
     """A small file's content while it is read from the backup (handed to a worker when complete)."""
 
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
     def write(self, data: bytes) -> int:
         self.extend(data)
         return len(data)
@@ -107,19 +111,18 @@ class Extractor(PayloadConsumer):
         path = self._path(component, inner)
         self._raise_worker_error()
         if member.size <= SMALL_FILE and path != self.db_stage:
-            return _Buffer()  # type: ignore[return-value]
+            return _Buffer(path)  # type: ignore[return-value]
         return _LargeFile(os.open(path, OPEN_FLAGS, 0o600), self._large, self._large_fds)  # type: ignore[return-value]
 
     def file_done(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo, handle: BinaryIO) -> None:
-        path = self._path(component, inner)
         if isinstance(handle, _Buffer):
-            self._submit(path, bytes(handle), member)
+            self._submit(handle.path, handle, member)  # the buffer is not written to again
             return
         handle.finish(member)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------ workers
 
-    def _submit(self, path: Path, data: bytes, member: tarfile.TarInfo) -> None:
+    def _submit(self, path: Path, data: bytes | bytearray, member: tarfile.TarInfo) -> None:
         with self._room:
             while self._pending_bytes + len(data) > PENDING_BYTES and self._pending_bytes:
                 self._room.wait()
@@ -237,7 +240,7 @@ class _Flusher:
         self._thread.join()
 
 
-def _write_small(path: Path, data: bytes, member: tarfile.TarInfo) -> None:
+def _write_small(path: Path, data: bytes | bytearray, member: tarfile.TarInfo) -> None:
     fd = os.open(path, OPEN_FLAGS, 0o600)
     try:
         _write_all(fd, data)
@@ -246,7 +249,7 @@ def _write_small(path: Path, data: bytes, member: tarfile.TarInfo) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
