@@ -72,11 +72,15 @@ class Extractor(PayloadConsumer):
         self._error: BaseException | None = None
         for stage in stages.values():
             stage.mkdir(mode=0o700)
-        self._flusher = _Flusher([*stages.values(), db_stage.parent])
         self._large = Stage(lambda call: call(), name="restore-write-large", depth=LARGE_FILE_QUEUE)
         """Writes large files' blocks and finishes those files, in order; the caller keeps decompressing."""
         self._large_fds: set[int] = set()
         """Large files the writer thread has not closed yet."""
+        try:
+            self._flusher = _Flusher([*stages.values(), db_stage.parent])
+        except BaseException:  # no Extractor to close(): end the writer thread here
+            self._large.stop()
+            raise
 
     def _path(self, component: str, inner: PurePosixPath) -> Path:
         if component == "database":
