@@ -39,6 +39,10 @@ then runs ahead to the database (last in a backup) and writes it while the
 worker still creates files (restore 4.6-5.7 s here, against 6.2-6.6 s with 16 MiB).
 """
 OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+BATCH_FILES = 32
+BATCH_BYTES = 1 << 20
+"""Small files go to the worker this many (or this many bytes) at a time. One at a time, the worker,
+faster than the main thread, went idle after each file and every hand-over woke it up again."""
 LARGE_FILE_QUEUE = 16
 """Blocks (of up to 1 MiB) of large files that may wait for the writer thread."""
 FLUSH_INTERVAL_S = 0.5
@@ -69,6 +73,9 @@ class Extractor(PayloadConsumer):
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-write")  # files in archive order
         self._pending_bytes = 0
         self._room = threading.Condition()
+        self._batch: list[tuple[Path, bytes | bytearray, tarfile.TarInfo]] = []
+        self._batch_bytes = 0
+        """Small files not yet handed to the worker (see BATCH_FILES)."""
         self._error: BaseException | None = None
         for stage in stages.values():
             stage.mkdir(mode=0o700)
@@ -127,13 +134,24 @@ class Extractor(PayloadConsumer):
     # ------------------------------------------------------------ workers
 
     def _submit(self, path: Path, data: bytes | bytearray, member: tarfile.TarInfo) -> None:
+        self._batch.append((path, data, member))
+        self._batch_bytes += len(data)
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._submit_batch()
+
+    def _submit_batch(self) -> None:
+        """Hand the gathered small files to the worker in one go (one wake-up instead of one per file)."""
+        if not self._batch:
+            return
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
         with self._room:
-            while self._pending_bytes + len(data) > PENDING_BYTES and self._pending_bytes:
+            while self._pending_bytes + size > PENDING_BYTES and self._pending_bytes:
                 self._room.wait()
-            self._pending_bytes += len(data)
+            self._pending_bytes += size
         self._raise_worker_error()
-        future = self._pool.submit(_write_small, path, data, member)
-        future.add_done_callback(lambda f, size=len(data): self._done(f, size))
+        future = self._pool.submit(_write_batch, batch)
+        future.add_done_callback(lambda f: self._done(f, size))
 
     def _done(self, future: Future, size: int) -> None:
         with self._room:
@@ -159,6 +177,7 @@ class Extractor(PayloadConsumer):
 
     def finish(self) -> None:
         """After the whole backup authenticated: links, directory modes, then one flush to disk."""
+        self._submit_batch()
         self._large.close()
         self.close()
         self._raise_worker_error()
@@ -251,6 +270,11 @@ def _write_small(path: Path, data: bytes | bytearray, member: tarfile.TarInfo) -
         _set_metadata(fd, member)
     finally:
         os.close(fd)
+
+
+def _write_batch(batch: list[tuple[Path, bytes | bytearray, tarfile.TarInfo]]) -> None:
+    for path, data, member in batch:
+        _write_small(path, data, member)
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
