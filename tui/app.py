@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -37,7 +38,6 @@ from backup.secret import SecretInfo
 from backup.service import BackupService, StatusReport, describe, local_now
 from screens.dialogs import ConfirmQuitScreen, HelpScreen
 from screens.status import StatusScreen
-from screens.storage_browser import StorageBrowser
 from tui import profile
 from tui.messages import (
     Concealed,
@@ -333,10 +333,19 @@ class BackupConsole(App[int]):
         """The run that quitting would stop: "backup", or "restore" or "verify" in the storage browser."""
         if self.backup_running:
             return "backup"
-        for screen in self.screen_stack:
-            if isinstance(screen, StorageBrowser) and screen.running_task in ("restore", "verify", "verify_deep"):
+        for screen in self._storage_browsers():
+            if screen.running_task in ("restore", "verify", "verify_deep"):
                 return "verify" if screen.running_task == "verify_deep" else screen.running_task
         return None
+
+    def _storage_browsers(self) -> list[Any]:
+        """The storage browsers open on the stack.
+
+        Their module is imported with the Storage screen, on first use (a faster first screen):
+        until then there is none.
+        """
+        module = sys.modules.get("screens.storage_browser")
+        return [] if module is None else [s for s in self.screen_stack if isinstance(s, module.StorageBrowser)]
 
     async def action_quit(self) -> None:
         """Quit; while a run is in progress, ask first (the appliance must not restart during one)."""
@@ -378,9 +387,8 @@ class BackupConsole(App[int]):
             return
         self._quit_when_stopped = True
         self._cancel.set()
-        for screen in self.screen_stack:
-            if isinstance(screen, StorageBrowser):
-                screen.stop_task()
+        for screen in self._storage_browsers():
+            screen.stop_task()
 
     @on(BackupTaskEnded)
     def _browser_run_ended(self) -> None:
