@@ -231,9 +231,7 @@ class PayloadWriter:
         info.size = len(data)
         info.mode = 0o600
         info.mtime = int(mtime)
-        self._header(info)
-        self._write(data)
-        self._pad(len(data))
+        self._member(info, data)
 
     def add_entry(self, entry: SourceEntry) -> None:
         info = tarfile.TarInfo(entry.arcname)
@@ -264,9 +262,7 @@ class PayloadWriter:
         if size <= SMALL_FILE and head is None:
             data = _read_small(path, size)
             self._digests.append((arcname, hashlib.sha256(data)))
-            self._header(info)
-            self._write(data)
-            self._pad(size)
+            self._member(info, data)
             self.tracker.add(done=size)
             return
         digest = hashlib.sha256()
@@ -324,6 +320,12 @@ class PayloadWriter:
         if self._gathered_bytes:
             self._zstd.write(memoryview(self._gathered)[:self._gathered_bytes])
             self._gathered_bytes = 0
+
+    def _member(self, info: tarfile.TarInfo, data: bytes) -> None:
+        """A whole member held in memory: header, content, padding."""
+        self._header(info)
+        self._write(data)
+        self._pad(len(data))
 
     def _header(self, info: tarfile.TarInfo) -> None:
         self._write(tar_header(info))
