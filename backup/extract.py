@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from backup.errors import IntegrityError, UnsafeArchiveError
-from backup.fsutil import sync_filesystem
+from backup.fsutil import WriteBehind, sync_filesystem
 from backup.payload import PayloadConsumer, Stage
 
 WORKERS = 1
@@ -209,6 +209,13 @@ class _LargeFile:
     this machine's page-cache copies are slow) now runs beside that.
     Alternating restores of the 1 GiB bench state, pairwise: 0.98 of the
     time before in one hour, 0.78 in another, when the copies were slow.
+
+    Each file is handed to the disk as it grows and its written parts leave
+    the page cache (WriteBehind, as a backup file is): the restored database
+    does not push the appliance's files out of the cache, and the writer
+    reuses the freed pages. Eight alternating restores: 0.75 of the peer's
+    time against 0.88 without it (sys time 0.77 s against 0.70 s in a fast
+    hour, 1.26 s against 2.70 s in a slow one).
     """
 
     def __init__(self, fd: int, stage: Stage, open_fds: set[int]) -> None:
@@ -216,10 +223,15 @@ class _LargeFile:
         self._stage = stage
         self._open_fds = open_fds
         open_fds.add(fd)
+        self._behind = WriteBehind(fd)
 
     def write(self, data: bytes) -> int:
-        self._stage.put(lambda: _write_all(self._fd, data))
+        self._stage.put(lambda: self._write(data))
         return len(data)
+
+    def _write(self, data: bytes) -> None:
+        _write_all(self._fd, data)
+        self._behind.wrote(len(data))
 
     def finish(self, member: tarfile.TarInfo) -> None:
         """Queue the metadata and the close (made durable all at once in Extractor.finish())."""

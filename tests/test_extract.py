@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backup import extract
+from backup import extract, fsutil
 from backup.config import load_config
 from backup.demo import create_demo_appliance
 from backup.errors import BackupError
@@ -59,6 +59,31 @@ def test_a_restore_leaves_no_flusher_running(service: BackupService) -> None:
     name = service.run_backup().name
     service.restore(name)
     assert not _flush_threads()
+
+
+def test_a_restored_large_file_is_handed_to_the_disk_as_it_is_written(service: BackupService,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a backup (see test_storage_local.TestWriteBack): every step starts writeback, the step before leaves the cache."""
+    step = 1 << 20
+    big = service.config.appliance.firmware / "image.bin"
+    data = os.urandom(5 * step + 12_345)
+    big.write_bytes(data)
+    name = service.run_backup().name
+    monkeypatch.setattr(fsutil, "WRITEBACK_STEP", step)
+    advised: list[tuple[str, int, int, int]] = []
+    real = os.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length, advice))
+        real(fd, offset, length, advice)  # the real call: only its arguments are recorded
+
+    monkeypatch.setattr(fsutil.os, "posix_fadvise", recording)
+    service.restore(name)
+    assert [(o, n, a) for path, o, n, a in advised if path.endswith("/image.bin")] == [
+        (0, step, os.POSIX_FADV_DONTNEED), (0, 2 * step, os.POSIX_FADV_DONTNEED),
+        (step, 2 * step, os.POSIX_FADV_DONTNEED), (2 * step, 2 * step, os.POSIX_FADV_DONTNEED),
+        (3 * step, 2 * step, os.POSIX_FADV_DONTNEED)]
+    assert big.read_bytes() == data
 
 
 def test_a_restore_onto_a_full_disk_changes_nothing_and_leaves_no_file_open(tmp_path: Path) -> None:

@@ -311,10 +311,10 @@ class TestWriteBack:
 
     def test_ranges_are_handed_to_the_disk_as_they_are_written(self, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-        from backup.storage import local
+        from backup import fsutil
 
         step = 1 << 20
-        monkeypatch.setattr(local, "WRITEBACK_STEP", step)
+        monkeypatch.setattr(fsutil, "WRITEBACK_STEP", step)
         advised = []
         real = os.posix_fadvise
 
@@ -322,7 +322,7 @@ class TestWriteBack:
             advised.append((offset, length, advice))
             real(fd, offset, length, advice)  # the real call: only its arguments are recorded
 
-        monkeypatch.setattr(local.os, "posix_fadvise", recording)
+        monkeypatch.setattr(fsutil.os, "posix_fadvise", recording)
         data = os.urandom(5 * step + 12_345)
         out = LocalStorage(tmp_path).create("a.abk")
         for i in range(0, len(data), 256 << 10):
