@@ -217,7 +217,9 @@ def warm_file(file: Path) -> None:
 # The appliance writing while a backup runs
 
 WRITER = """
-import sqlite3, sys, time
+import signal, sqlite3, sys, time
+# A bench started in the background (`make bench &`) passes SIGINT on as ignored; the writer stops on it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 con = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
 commits = 0
 print("writing", flush=True)
