@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("secret", help="the Domain Master Secret (DMS)")
     secret_sub = p.add_subparsers(dest="secret_command", metavar="ACTION", required=True, parser_class=_Parser)
     s = secret_sub.add_parser("set", help="set the DMS (once for the appliance's lifetime)")
-    s.add_argument("--passphrase-file", metavar="F", help="read the DMS from the first line of F")
+    s.add_argument("--passphrase-file", metavar="F", help="read the DMS from the first line of F (UTF-8; a byte-order mark is ignored)")
     p = sub.add_parser("prune", help="apply [retention]: delete this appliance's backups it does not keep")
     p.add_argument("--dry-run", action="store_true", help="only show what would be deleted and why")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -53,9 +53,13 @@ def validate_passphrase(passphrase: str, repeated: str | None = None) -> str | N
 
 
 def read_passphrase_file(path: str | os.PathLike[str]) -> str:
-    """The passphrase held on the first line of `path` (its line ending removed)."""
+    """The passphrase held on the first line of `path` (its line ending and a UTF-8 byte-order mark removed).
+
+    Editors on Windows start UTF-8 files with a byte-order mark; kept, it would
+    become an invisible first character of the DMS that no keyboard can type.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             line = f.readline()
     except FileNotFoundError:
         raise ConfigError(f"The passphrase file {path} does not exist.") from None

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backup.config import Config
-from backup.errors import ExitCode
+from backup.errors import ConfigError, ExitCode
 from backup.journal import RunJournal
 from backup.service import BackupService
 from tests.conftest import BIN, PASSPHRASE, ROOT, run_cli
@@ -74,6 +74,18 @@ def test_full_cycle_from_the_command_line(appliance: Config, passphrase_file: Pa
 
     for secret_output in (r.stdout, r.stderr, (appliance.state_dir / "journal.jsonl").read_text()):
         assert PASSPHRASE not in secret_output
+
+
+def test_a_passphrase_file_is_read_as_an_editor_may_have_saved_it(tmp_path: Path) -> None:
+    from backup.secret import read_passphrase_file
+
+    for name, content in (("plain", b"correct horse\n"), ("crlf", b"correct horse\r\nsecond line\r\n"),
+                          ("bom", b"\xef\xbb\xbfcorrect horse\n"), ("no-newline", b"correct horse")):
+        (tmp_path / name).write_bytes(content)
+        assert read_passphrase_file(tmp_path / name) == "correct horse", name
+    (tmp_path / "latin1").write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        read_passphrase_file(tmp_path / "latin1")
 
 
 def _on_terminal(argv: list[str], answers: list[str], timeout: float = 60) -> tuple[int, str]:
