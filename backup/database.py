@@ -29,6 +29,11 @@ ALONE_WAIT_S = 0.2
 """How long replace() waits for the live database's lock before writing into it through SQLite instead."""
 
 
+def read_only(path: Path) -> str:
+    """The SQLite URI that opens `path` read-only, percent-encoded: a '#', '?' or '%' is part of a file's name."""
+    return Path(path).absolute().as_uri() + "?mode=ro"
+
+
 @contextmanager
 def frozen(source: Path) -> Iterator[int | None]:
     """Hold a read transaction under which the database file itself is a consistent snapshot.
@@ -145,7 +150,7 @@ def snapshot(source: Path, dest: Path, *, durable: bool = False) -> int:
 
 def _backup_api_copy(source: Path, dest: Path, *, durable: bool) -> int:
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        src = sqlite3.connect(read_only(source), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error as exc:
         raise BackupError(f"The internal database {source} cannot be opened ({exc}).") from None
     try:
@@ -170,7 +175,7 @@ def _backup_api_copy(source: Path, dest: Path, *, durable: bool) -> int:
 def logical_size(source: Path) -> int:
     """The database's size as a snapshot of it would be now (its WAL included), without copying it."""
     try:
-        con = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        con = sqlite3.connect(read_only(source), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             pages, = con.execute("PRAGMA page_count").fetchone()
             size, = con.execute("PRAGMA page_size").fetchone()
@@ -217,7 +222,7 @@ def opens(path: Path) -> str | None:
     full integrity_check (seconds per GiB) would only re-prove the snapshot.
     """
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(read_only(path), uri=True)
         try:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
@@ -230,7 +235,7 @@ def opens(path: Path) -> str | None:
 def check(path: Path) -> str | None:
     """None if the database file at `path` passes integrity_check, else what SQLite reported."""
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(read_only(path), uri=True)
         try:
             rows = con.execute("PRAGMA integrity_check").fetchall()
         finally:
@@ -334,7 +339,7 @@ def _alone(live: Path) -> Iterator[sqlite3.Connection | None]:
 
 def restore_into(staged: Path, live: Path) -> None:
     """Replace the contents of the live database with the staged copy, in one transaction."""
-    src = sqlite3.connect(f"file:{staged}?mode=ro", uri=True)
+    src = sqlite3.connect(read_only(staged), uri=True)
     try:
         dst = sqlite3.connect(live, timeout=BUSY_TIMEOUT_MS / 1000)
         try:

@@ -826,7 +826,7 @@ def _wait_for_database(path: Path, patience: float) -> None:
     except OSError as exc:
         raise BackupError(f"The internal database {path} cannot be opened ({exc.strerror or exc}).") from None
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=patience)
+        con = sqlite3.connect(database.read_only(path), uri=True, timeout=patience)
         try:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:

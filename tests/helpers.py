@@ -12,8 +12,8 @@ from pathlib import Path
 
 import zstandard
 
+from backup import database
 from backup.archive import ArchiveWriter
-
 from backup.config import Config
 
 
@@ -35,7 +35,7 @@ def tree_digest(root: Path) -> dict[str, tuple]:
 
 
 def db_rows(path: Path) -> dict[str, list]:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = sqlite3.connect(database.read_only(path), uri=True)
     try:
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
         return {t: sorted(con.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}

@@ -42,7 +42,7 @@ def test_a_wal_database_is_frozen_and_copied_as_a_file(tmp_path: Path) -> None:
     assert db_rows(copy) == db_rows(db)
     assert database.check(copy) is None
     assert copy.read_bytes()[18:20] == b"\x01\x01"  # a plain database: opens without a log beside it
-    con = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    con = sqlite3.connect(database.read_only(copy), uri=True)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     con.close()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from backup.database import read_only
 from backup.demo import create_demo_appliance
 from backup.errors import ConfigError
 
@@ -32,7 +33,7 @@ def tree_digest(root: Path, *, exclude: set[str]) -> str:
 
 
 def dump_digest(database: Path) -> str:
-    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    connection = sqlite3.connect(read_only(database), uri=True)
     try:
         digest = hashlib.sha256()
         for line in connection.iterdump():

@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backup import database
 from backup.archive import ArchiveReader
 from backup.config import Config
 from backup.payload import PayloadConsumer, walk_payload
@@ -132,7 +133,7 @@ def database_in_backup(service, name: str, scratch: Path) -> tuple[str, int]:
     with service.storage.open(name) as source:
         walk_payload(ArchiveReader(source, kek=service.secret.kek()), Tracker("check", None, None), copy)
     assert copy.found
-    con = sqlite3.connect(f"file:{copy.dest}?mode=ro", uri=True)
+    con = sqlite3.connect(database.read_only(copy.dest), uri=True)
     try:
         check = con.execute("PRAGMA integrity_check").fetchone()[0]
         rows = con.execute("SELECT count(*) FROM load").fetchone()[0]

@@ -13,6 +13,7 @@ import pytest
 
 from backup import database
 from backup.config import load_config
+from backup.demo import create_demo_appliance
 from backup.errors import DmsNotSetError
 from backup.service import BackupService
 from tests.conftest import FAST_KDF, PASSPHRASE
@@ -58,6 +59,24 @@ def test_generated_appliance_with_thousands_of_files(service: BackupService) -> 
     service.restore(name)
 
     assert appliance_state(service.config) == before
+
+
+def test_an_appliance_whose_paths_hold_uri_characters(tmp_path: Path) -> None:
+    """SQLite opens files by URI here: '#', '?' and '%' in a directory's name are part of the name, not syntax."""
+    config = load_config(create_demo_appliance(tmp_path / "site #1 ?a=b %41"))
+    con = sqlite3.connect(config.appliance.database)
+    con.execute("PRAGMA journal_mode=DELETE")  # the database is then copied through SQLite, which opens it by URI
+    con.close()
+    service = BackupService(config, kdf_params=FAST_KDF)
+    service.set_secret(PASSPHRASE)
+    before = appliance_state(config)
+    assert before[2], "the demo database's rows"  # db_rows opens it by URI too
+    name = service.run_backup().name
+    assert service.verify(name, deep=True).files > 0
+    mutate_appliance(config)
+    service.restore(name)
+    assert appliance_state(config) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site #1 ?a=b %41"]  # nothing opened at a cut name
 
 
 def test_backup_needs_the_dms(appliance) -> None:
