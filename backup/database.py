@@ -337,6 +337,36 @@ def _alone(live: Path) -> Iterator[sqlite3.Connection | None]:
         con.close()
 
 
+def in_wal_mode(path: Path) -> bool:
+    """Whether the database file `path` is in WAL mode (False when it does not open)."""
+    try:
+        con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            return con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
+def put_back_in_wal_mode(live: Path) -> None:
+    """After an undone replace(): return `live` to WAL mode, which _alone() may have taken it out of.
+
+    A crash between that step and the rename leaves the old content in
+    rollback-journal mode. The content is right either way; if SQLite
+    cannot switch it now (another connection's lock beyond the busy
+    timeout), it stays as it is.
+    """
+    try:
+        con = sqlite3.connect(live, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+    except sqlite3.Error:
+        pass
+
+
 def restore_into(staged: Path, live: Path) -> None:
     """Replace the contents of the live database with the staged copy, in one transaction."""
     src = sqlite3.connect(read_only(staged), uri=True)

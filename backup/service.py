@@ -73,6 +73,8 @@ VERIFY_DEEP = "deep"
 """The journal's detail of a verify run: which pass it was (see BackupService.verify)."""
 KEEP_ROLLBACKS = 2
 """Rollback copies kept after restores (older ones are removed)."""
+WAL_NOTE = "DATABASE_WAL"
+"""In a rollback directory: the live database was in WAL mode when the swap began (see _undo_swap)."""
 
 
 @dataclass
@@ -728,6 +730,7 @@ class BackupService:
         """
         paths = self._restore_paths(run_id)
         rollback_dir = paths["rollback"]
+        self._note_database_mode(rollback_dir)
         _write_phase(rollback_dir, "swapping")
         try:
             for component, target in targets.items():
@@ -746,6 +749,11 @@ class BackupService:
         self._keep_old_state(run_id)
         return rollback_dir
 
+    def _note_database_mode(self, rollback_dir: Path) -> None:
+        """Record, before a swap, that the live database is in WAL mode, for _undo_swap to put it back so."""
+        if database.in_wal_mode(self.config.appliance.database):
+            atomic_write_text(rollback_dir / WAL_NOTE, "wal\n", mode=0o600)
+
     def _undo_swap(self, run_id: str) -> None:
         paths = self._restore_paths(run_id)
         for component, target in (("firmware", self.config.appliance.firmware), ("system", self.config.appliance.system)):
@@ -761,6 +769,8 @@ class BackupService:
                 old_db.unlink()  # kept, but the swap stopped before the database was replaced
             else:
                 database.replace(old_db, live_db, keep=None)
+        if (paths["rollback"] / WAL_NOTE).exists():
+            database.put_back_in_wal_mode(live_db)
 
     def _keep_old_state(self, run_id: str) -> None:
         paths = self._restore_paths(run_id)

@@ -238,15 +238,18 @@ def _crash_mid_swap(service: BackupService, name: str, phase: str, database_step
     paths = service._restore_paths(run_id)
     live = service.config.appliance.database
     paths["rollback"].mkdir(parents=True)
+    assert database.in_wal_mode(live)  # the demo appliance's, as a real one's
+    service._note_database_mode(paths["rollback"])
     (paths["rollback"] / "PHASE").write_text(phase + "\n")
     fw = service.config.appliance.firmware
     os.rename(fw, paths["firmware.old"])
     fw.mkdir()
     (fw / "half-restored").write_text("x")
-    if database_step in ("kept", "renamed in"):  # as replace() does: out of WAL mode, then a hard link
+    if database_step in ("out of WAL mode", "kept", "renamed in"):  # as replace() does: out of WAL mode,
         con = sqlite3.connect(live)
         con.execute("PRAGMA journal_mode=DELETE")
         con.close()
+    if database_step in ("kept", "renamed in"):  # then a hard link
         os.link(live, paths["database.old"])
     if database_step == "renamed in":
         other = live.with_name("other.db")
@@ -260,7 +263,7 @@ def _crash_mid_swap(service: BackupService, name: str, phase: str, database_step
     return run_id
 
 
-@pytest.mark.parametrize("database_step", ["not yet", "kept", "renamed in"])
+@pytest.mark.parametrize("database_step", ["not yet", "out of WAL mode", "kept", "renamed in"])
 def test_a_restore_killed_mid_swap_is_undone_at_next_start(backed_up, database_step: str) -> None:
     """A crash while the phase file says "swapping": the directories, and the database wherever it was."""
     service, name, _ = backed_up
@@ -271,6 +274,7 @@ def test_a_restore_killed_mid_swap_is_undone_at_next_start(backed_up, database_s
     closed = service.recover()
     assert [r.id for r in closed] == [run_id]
     assert appliance_state(service.config) == before
+    assert database.in_wal_mode(service.config.appliance.database)  # as it was, not left in rollback-journal mode
     parent = service.config.appliance.database.parent
     assert not [p.name for p in parent.iterdir() if "restore-" in p.name]
 
