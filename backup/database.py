@@ -34,6 +34,11 @@ def read_only(path: Path) -> str:
     return Path(path).absolute().as_uri() + "?mode=ro"
 
 
+def existing(path: Path) -> str:
+    """The SQLite URI that opens `path` for reading and writing, never creating it (see read_only)."""
+    return Path(path).absolute().as_uri() + "?mode=rw"
+
+
 @contextmanager
 def frozen(source: Path) -> Iterator[int | None]:
     """Hold a read transaction under which the database file itself is a consistent snapshot.
@@ -338,9 +343,9 @@ def _alone(live: Path) -> Iterator[sqlite3.Connection | None]:
 
 
 def in_wal_mode(path: Path) -> bool:
-    """Whether the database file `path` is in WAL mode (False when it does not open)."""
+    """Whether the database file `path` is in WAL mode (False when it does not exist or open)."""
     try:
-        con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        con = sqlite3.connect(existing(path), uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             return con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         finally:
@@ -358,7 +363,7 @@ def put_back_in_wal_mode(live: Path) -> None:
     timeout), it stays as it is.
     """
     try:
-        con = sqlite3.connect(live, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        con = sqlite3.connect(existing(live), uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             con.execute("PRAGMA journal_mode=WAL")
         finally:

@@ -79,6 +79,16 @@ def test_an_appliance_whose_paths_hold_uri_characters(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site #1 ?a=b %41"]  # nothing opened at a cut name
 
 
+def test_a_restore_where_the_database_is_missing_places_it_and_keeps_nothing_for_it(service: BackupService) -> None:
+    before = appliance_state(service.config)
+    name = service.run_backup().name
+    service.config.appliance.database.unlink()
+    result = service.restore(name)
+    assert appliance_state(service.config) == before
+    assert not (result.rollback_dir / "internal.db").exists()
+    assert (result.rollback_dir / "firmware").is_dir()
+
+
 def test_backup_needs_the_dms(appliance) -> None:
     svc = BackupService(appliance, kdf_params=FAST_KDF)
     with pytest.raises(DmsNotSetError, match="secret set"):

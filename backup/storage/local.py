@@ -12,6 +12,7 @@ from backup.errors import BackupNotFoundError, StorageError, StorageFullError
 from backup.fsutil import WriteBehind, fsync_dir
 from backup.storage import PARTIAL_SUFFIX, Entry, Usage
 
+
 def storage_error(exc: OSError, what: str) -> StorageError:
     """Turn an OSError into the sentence the operator sees."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
