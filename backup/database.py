@@ -6,6 +6,8 @@ the log emptied), else a copy by SQLite's online backup API. A restore puts
 a database back with replace(): by renaming the staged file over the live
 one when SQLite proves no connection has it open, else through the backup
 API in one transaction, which keeps the appliance's connections valid.
+Files are opened by URI (read_only, existing): nothing here creates a
+database where one was missing.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def frozen(source: Path) -> Iterator[int | None]:
     finishing, a log written to before the read began): then use snapshot().
     """
     try:
-        con = sqlite3.connect(source, timeout=FREEZE_WAIT_S, isolation_level=None)
+        con = sqlite3.connect(existing(source), uri=True, timeout=FREEZE_WAIT_S, isolation_level=None)
     except sqlite3.Error:
         yield None
         return
@@ -323,7 +325,7 @@ def _alone(live: Path) -> Iterator[sqlite3.Connection | None]:
     """
     con = None
     try:
-        con = sqlite3.connect(live, timeout=ALONE_WAIT_S, isolation_level=None)
+        con = sqlite3.connect(existing(live), uri=True, timeout=ALONE_WAIT_S, isolation_level=None)
         con.execute("PRAGMA locking_mode=EXCLUSIVE")  # before the first read: the lock, once had, stays
         alone = (con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
                  and con.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete")
@@ -376,7 +378,7 @@ def restore_into(staged: Path, live: Path) -> None:
     """Replace the contents of the live database with the staged copy, in one transaction."""
     src = sqlite3.connect(read_only(staged), uri=True)
     try:
-        dst = sqlite3.connect(live, timeout=BUSY_TIMEOUT_MS / 1000)
+        dst = sqlite3.connect(existing(live), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             wal = dst.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             if wal:
