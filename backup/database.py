@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import os
 import sqlite3
+import stat
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -286,6 +287,7 @@ def replace(staged: Path, live: Path, *, keep: Path | None) -> Replaced:
                 if keep is not None:
                     os.link(live, keep)
                     fsync_dir(live.parent)
+                _take_owner_and_mode(staged, live)
                 _set_mode(staged, WAL)
                 os.rename(staged, live)
             except BaseException as exc:  # nothing was replaced: undo, then copy instead (or stop)
@@ -306,6 +308,18 @@ def replace(staged: Path, live: Path, *, keep: Path | None) -> Replaced:
     restore_into(staged, live)
     staged.unlink()
     return Replaced.COPIED
+
+
+def _take_owner_and_mode(staged: Path, live: Path) -> None:
+    """Give `staged` the live file's owner and mode, as writing into the live file (the copy) keeps them.
+
+    The appliance's services may run as their own user: a database renamed
+    in with the backup's owner and mode could be closed to them.
+    """
+    st = os.stat(live)
+    if os.geteuid() == 0:
+        os.chown(staged, st.st_uid, st.st_gid)
+    os.chmod(staged, stat.S_IMODE(st.st_mode))
 
 
 @contextmanager

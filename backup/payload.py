@@ -249,15 +249,18 @@ class PayloadWriter:
             self.add_file(entry.arcname, entry.path, entry.size, info)
 
     def add_file(self, arcname: str, path: Path, size: int, info: tarfile.TarInfo | None = None, *,
-                 head: Callable[[bytes], bytes] | None = None) -> None:
+                 head: Callable[[bytes], bytes] | None = None, like: Path | None = None) -> None:
         """Stream a regular file; exactly `size` bytes go in, whatever the file does meanwhile.
 
         `head`, if given, rewrites the first block read (same length) before it is stored.
+        Without `info`, the member's mode, owner and mtime are those of `like` (a snapshot's
+        original), else of `path`.
         """
         if info is None:
             info = tarfile.TarInfo(arcname)
-            st = os.stat(path)
+            st = os.stat(like or path)
             info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
+            info.uid, info.gid = st.st_uid, st.st_gid
         info.size = size
         if size <= SMALL_FILE and head is None:
             data = _read_small(path, size)

@@ -410,7 +410,8 @@ class BackupService:
                             payload.add_entry(entry)
                             tracker.check_cancel()
                     tracker.set_stage("Archiving the internal database")
-                    payload.add_file(DATABASE_MEMBER, db_path, db_ready(), head=database.plain_header)
+                    payload.add_file(DATABASE_MEMBER, db_path, db_ready(), head=database.plain_header,
+                                     like=appliance.database)
                     payload.close()
                     archive.close()
                     tracker.set_stage("Writing the backup to storage")

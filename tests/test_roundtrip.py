@@ -89,6 +89,34 @@ def test_a_restore_where_the_database_is_missing_places_it_and_keeps_nothing_for
     assert (result.rollback_dir / "firmware").is_dir()
 
 
+def _owner_and_mode(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid, st.st_mode & 0o7777
+
+
+@pytest.mark.parametrize("read_while_backing_up", [False, True])
+def test_the_database_keeps_its_owner_and_mode(service: BackupService, read_while_backing_up: bool) -> None:
+    """The appliance's services may run as their own user: a restored database must stay theirs."""
+    live = service.config.appliance.database
+    os.chown(live, 1234, 2345)
+    live.chmod(0o640)
+    reader = None
+    if read_while_backing_up:  # a read transaction keeps the file from being frozen: a snapshot copy is backed up
+        reader = sqlite3.connect(live, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    try:
+        name = service.run_backup().name
+    finally:
+        if reader is not None:
+            reader.close()
+    service.restore(name)  # nothing holds the database: the restored file is renamed in
+    assert _owner_and_mode(live) == (1234, 2345, 0o640)
+    live.unlink()  # no live file to take them from: the backup's own record of them
+    service.restore(name)
+    assert _owner_and_mode(live) == (1234, 2345, 0o640)
+
+
 def test_backup_needs_the_dms(appliance) -> None:
     svc = BackupService(appliance, kdf_params=FAST_KDF)
     with pytest.raises(DmsNotSetError, match="secret set"):
