@@ -214,7 +214,10 @@ class BackupService:
         """recover() for a caller that already holds the lock."""
         closed = self.journal.recover(now=self.clock(), alive=pid_alive)
         for leftover in (self.state_dir / "tmp").glob("*"):  # no run holds them: we hold the lock
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)  # not ours, but in our directory: gone, not fatal
+            else:
+                leftover.unlink(missing_ok=True)
         for copy in (self.state_dir / "rollback").glob("*"):
             # A restore killed before its swap began replaced nothing: its copy has no phase yet.
             # No restore runs now (we hold the lock), so any such copy is left over.

@@ -76,6 +76,15 @@ def test_full_cycle_from_the_command_line(appliance: Config, passphrase_file: Pa
         assert PASSPHRASE not in secret_output
 
 
+def test_anything_left_in_the_state_tmp_directory_is_cleared_not_fatal(appliance: Config) -> None:
+    tmp = appliance.state_dir / "tmp"
+    (tmp / "sub" / "deeper").mkdir(parents=True)
+    (tmp / "stray.db").write_text("x")
+    r = run_cli("status", config=appliance)
+    assert r.returncode == 0, r.stderr
+    assert list(tmp.iterdir()) == []
+
+
 def test_a_passphrase_file_is_read_as_an_editor_may_have_saved_it(tmp_path: Path) -> None:
     from backup.secret import read_passphrase_file
 
