@@ -67,7 +67,8 @@ class Extractor(PayloadConsumer):
     def __init__(self, stages: dict[str, Path], db_stage: Path) -> None:
         self.stages = stages
         self.db_stage = db_stage
-        self.dir_modes: list[tuple[Path, int]] = []
+        self.dir_modes: list[tuple[Path, int, int]] = []
+        """Directories' (path, mode, mtime): set once everything inside them exists."""
         self.links: dict[Path, tarfile.TarInfo] = {}
         self.seen_db = False
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-write")  # files in archive order
@@ -107,7 +108,7 @@ class Extractor(PayloadConsumer):
         path = self._path(component, inner)
         if str(inner) != ".":
             path.mkdir(mode=0o700, exist_ok=True)
-        self.dir_modes.append((path, member.mode & 0o777))
+        self.dir_modes.append((path, member.mode & 0o777, member.mtime))
         if os.geteuid() == 0:
             _quietly(os.chown, path, member.uid, member.gid, follow_symlinks=False)
 
@@ -191,8 +192,10 @@ class Extractor(PayloadConsumer):
                                          "restore refused.") from None
             if os.geteuid() == 0:
                 _quietly(os.chown, path, member.uid, member.gid, follow_symlinks=False)
-        for path, mode in reversed(self.dir_modes):
+            _quietly(os.utime, path, (member.mtime, member.mtime), follow_symlinks=False)
+        for path, mode, mtime in reversed(self.dir_modes):  # the deepest first: setting one changes no other
             os.chmod(path, mode)
+            os.utime(path, (mtime, mtime))
         synced = set()
         for path in [*self.stages.values(), self.db_stage]:
             device = os.stat(path).st_dev

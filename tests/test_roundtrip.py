@@ -117,6 +117,22 @@ def test_the_database_keeps_its_owner_and_mode(service: BackupService, read_whil
     assert _owner_and_mode(live) == (1234, 2345, 0o640)
 
 
+def test_directory_and_link_times_come_back(service: BackupService) -> None:
+    system = service.config.appliance.system
+    (system / "old" / "inner").mkdir(parents=True)
+    (system / "old" / "inner" / "f.conf").write_text("x\n")
+    os.symlink("inner/f.conf", system / "old" / "link")
+    os.utime(system / "old" / "inner", (915_148_800, 915_148_800))  # 1999-01-01
+    os.utime(system / "old" / "link", (978_307_200, 978_307_200), follow_symlinks=False)  # 2001-01-01
+    os.utime(system / "old", (946_684_800, 946_684_800))  # 2000-01-01, after its entries were made
+    os.utime(system, (1_000_000_000, 1_000_000_000))
+    times = {p: p.lstat().st_mtime for p in (system, system / "old", system / "old" / "inner", system / "old" / "link")}
+    name = service.run_backup().name
+    mutate_appliance(service.config)
+    service.restore(name)
+    assert {p: p.lstat().st_mtime for p in times} == times
+
+
 def test_backup_needs_the_dms(appliance) -> None:
     svc = BackupService(appliance, kdf_params=FAST_KDF)
     with pytest.raises(DmsNotSetError, match="secret set"):
