@@ -96,11 +96,7 @@ class Extractor(PayloadConsumer):
                 raise IntegrityError(f"The backup holds an unexpected database member (database/{inner}).")
             self.seen_db = True
             return self.db_stage
-        path = self.stages[component] / inner
-        if self.links and (path in self.links or any(parent in self.links for parent in path.parents)):
-            raise UnsafeArchiveError(f"The backup holds a member at or inside one of its symbolic links "
-                                     f"({component}/{inner}); restore refused.")
-        return path
+        return self.stages[component] / inner  # never at or below a link: walk_payload refuses those
 
     # ------------------------------------------------------------ members
 

@@ -13,6 +13,7 @@ the manifest comes first so a backup's details need only its first chunk.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -88,7 +89,7 @@ class ComponentScan:
 def scan_directory(name: str, root: Path) -> ComponentScan:
     """Every entry below `root`, sorted, as members under `name/`. Sockets, fifos and devices are skipped."""
     scan = ComponentScan(name=name, source=root)
-    st = os.lstat(root)
+    st = os.stat(root)  # the configured directory, also when a link leads to it
     scan.entries.append(_entry(name, root, st))
 
     def walk(directory: Path, prefix: str) -> None:
@@ -457,7 +458,7 @@ def _short(exc: BaseException) -> str:
 
 def safe_member_path(name: str) -> tuple[str, PurePosixPath]:
     """Split a member name into its component and a path inside it; refuse anything that could escape."""
-    if "\0" in name or "\\" in name:
+    if "\0" in name:
         raise UnsafeArchiveError(f"The backup holds a member with a forbidden character in its name ({name!r}); restore refused.")
     path = PurePosixPath(name)
     if path.is_absolute():
@@ -470,16 +471,29 @@ def safe_member_path(name: str) -> tuple[str, PurePosixPath]:
     return component, PurePosixPath(*path.parts[1:]) if len(path.parts) > 1 else PurePosixPath(".")
 
 
-def check_link(member: tarfile.TarInfo, inner: PurePosixPath) -> None:
-    """A symlink may only point inside its own component."""
-    target = member.linkname
-    if target.startswith("/"):
-        raise UnsafeArchiveError(f"The backup holds a link to an absolute path ({member.name!r} -> {target!r}); restore refused.")
-    depth = len(inner.parent.parts) if str(inner.parent) != "." else 0
-    for part in PurePosixPath(target).parts:
-        depth = depth - 1 if part == ".." else depth + (part != ".")
-        if depth < 0:
-            raise UnsafeArchiveError(f"The backup holds a link that points outside its folder ({member.name!r} -> {target!r}); restore refused.")
+def check_not_through_a_link(links: set[tuple[str, PurePosixPath]], component: str, inner: PurePosixPath) -> None:
+    """Refuse a member at or below one of the backup's own links (`links`: those read so far).
+
+    A link may point anywhere, as the appliance's own did (/etc/localtime ->
+    /usr/share/zoneinfo/...): a restore makes links last and writes nothing
+    through them. A member at a link's path or under it would be written
+    through it, and links that each look harmless can lead out of the
+    component followed one through another (d/s -> .., d/l -> s/../..).
+    """
+    if links and ((component, inner) in links or any((component, parent) in links for parent in inner.parents)):
+        raise UnsafeArchiveError(f"The backup holds a member at or inside one of its symbolic links "
+                                 f"({component}/{inner}); restore refused.")
+
+
+def _root_as_directory(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A component's root stored as a link: the folder it stood for.
+
+    Earlier versions stored a configured directory reached through a link so,
+    followed by the directory's content below it; restored as a folder.
+    """
+    folder = copy.copy(member)
+    folder.type, folder.linkname, folder.mode = tarfile.DIRTYPE, "", 0o755
+    return folder
 
 
 @dataclass
@@ -513,6 +527,7 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
     hashing = Stage(lambda item: item[0].update(item[1]), name="verify-hash", depth=16)
     digests: list[tuple[str, str, Any]] = []
     """(component, member name, its sha256 object), in archive order."""
+    links: set[tuple[str, PurePosixPath]] = set()
     try:
         tar = open_tar_stream(decompressed(archive))
         manifest = _first_manifest(tar)
@@ -527,10 +542,13 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
                 checksums = json.loads(tar.extractfile(member).read())
                 continue
             component, inner = safe_member_path(member.name)
+            if member.issym() and str(inner) == ".":
+                member = _root_as_directory(member)
+            check_not_through_a_link(links, component, inner)
             if member.isdir():
                 consumer.directory(component, inner, member)
             elif member.issym():
-                check_link(member, inner)
+                links.add((component, inner))
                 consumer.symlink(component, inner, member)
             elif member.isreg() and not member.issparse():
                 digest = hashlib.sha256()

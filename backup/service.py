@@ -671,9 +671,9 @@ class BackupService:
 
     def _restore(self, name: str, passphrase: str | None, progress: ProgressCallback | None,
                  cancel: threading.Event | None, run_id: str) -> RestoreResult:
-        appliance = self.config.appliance
+        live = self._restore_targets()
         paths = self._restore_paths(run_id)
-        targets = {"firmware": appliance.firmware, "system": appliance.system}
+        targets = {"firmware": live["firmware"], "system": live["system"]}
         stages = {c: paths[f"{c}.stage"] for c in targets}
         db_stage = paths["database.stage"]
         tracker = Tracker("restore", progress, cancel)
@@ -693,7 +693,7 @@ class BackupService:
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                raise BackupError(f"The appliance's disk is full ({appliance.database.parent}): a restore first "
+                raise BackupError(f"The appliance's disk is full ({live['database'].parent}): a restore first "
                                   "writes the whole backed-up state beside the current one. Nothing was changed; "
                                   "free space there and try again.") from None
             problem = database.opens(db_stage)
@@ -713,14 +713,27 @@ class BackupService:
         tracker.set_stage("Done")
         return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files)
 
-    def _restore_paths(self, run_id: str) -> dict[str, Path]:
+    def _restore_targets(self) -> dict[str, Path]:
+        """What a restore replaces: the configured paths with links resolved.
+
+        A configured directory or database reached through a link is restored
+        where the link leads; the link itself stays (renaming the staged copy
+        over it would leave the real one untouched).
+        """
         appliance = self.config.appliance
+        return {"firmware": appliance.firmware.resolve(), "system": appliance.system.resolve(),
+                "database": appliance.database.resolve()}
+
+    def _restore_paths(self, run_id: str) -> dict[str, Path]:
+        live = self._restore_targets()
         paths = {}
-        for component, target in (("firmware", appliance.firmware), ("system", appliance.system)):
+        for component in ("firmware", "system"):
+            target = live[component]
             paths[f"{component}.stage"] = target.parent / f".{target.name}.restore-{run_id}"
             paths[f"{component}.old"] = target.parent / f".{target.name}.pre-restore-{run_id}"
-        paths["database.stage"] = appliance.database.parent / f".{appliance.database.name}.restore-{run_id}"
-        paths["database.old"] = appliance.database.parent / f".{appliance.database.name}.pre-restore-{run_id}"
+        db = live["database"]
+        paths["database.stage"] = db.parent / f".{db.name}.restore-{run_id}"
+        paths["database.old"] = db.parent / f".{db.name}.pre-restore-{run_id}"
         paths["rollback"] = self.state_dir / "rollback" / run_id
         return paths
 
@@ -742,7 +755,7 @@ class BackupService:
                     os.rename(target, paths[f"{component}.old"])
                 os.rename(stages[component], target)
                 fsync_dir(target.parent)
-            database.replace(db_stage, self.config.appliance.database, keep=paths["database.old"])
+            database.replace(db_stage, self._restore_targets()["database"], keep=paths["database.old"])
         except BaseException as exc:
             self._undo_swap(run_id)
             if isinstance(exc, (KeyboardInterrupt, InterruptedRunError)):
@@ -755,19 +768,21 @@ class BackupService:
 
     def _note_database_mode(self, rollback_dir: Path) -> None:
         """Record, before a swap, that the live database is in WAL mode, for _undo_swap to put it back so."""
-        if database.in_wal_mode(self.config.appliance.database):
+        if database.in_wal_mode(self._restore_targets()["database"]):
             atomic_write_text(rollback_dir / WAL_NOTE, "wal\n", mode=0o600)
 
     def _undo_swap(self, run_id: str) -> None:
         paths = self._restore_paths(run_id)
-        for component, target in (("firmware", self.config.appliance.firmware), ("system", self.config.appliance.system)):
+        live = self._restore_targets()
+        for component in ("firmware", "system"):
+            target = live[component]
             old = paths[f"{component}.old"]
             if old.exists():
                 if target.exists():
                     shutil.rmtree(target)
                 os.rename(old, target)
                 fsync_dir(target.parent)
-        old_db, live_db = paths["database.old"], self.config.appliance.database
+        old_db, live_db = paths["database.old"], live["database"]
         if old_db.exists():
             if live_db.exists() and os.path.samefile(old_db, live_db):
                 old_db.unlink()  # kept, but the swap stopped before the database was replaced

@@ -16,7 +16,7 @@ from backup.archive import read_header
 from backup.errors import BackupError, ExitCode, UnsafeArchiveError
 from backup.service import BackupService
 from tests.conftest import run_cli
-from tests.helpers import appliance_state, db_rows, sealed_backup
+from tests.helpers import appliance_state, db_rows, mutate_appliance, sealed_backup
 
 HEADER = 162
 
@@ -138,8 +138,10 @@ def _member(name: str, *, type=tarfile.REGTYPE, data: bytes = b"x", linkname: st
         [_member("firmware/../../evil")],
         [_member("../evil")],
         [_member("elsewhere/evil")],
-        [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/out", type=tarfile.SYMTYPE, linkname="/etc")],
-        [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/up", type=tarfile.SYMTYPE, linkname="../../x")],
+        [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/out", type=tarfile.SYMTYPE, linkname="/etc"),
+         _member("firmware/out/evil")],
+        [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/up", type=tarfile.SYMTYPE, linkname="../.."),
+         _member("firmware/up", type=tarfile.DIRTYPE), _member("firmware/up/evil")],
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/hard", type=tarfile.LNKTYPE, linkname="/etc/passwd")],
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/dev", type=tarfile.CHRTYPE)],
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/fifo", type=tarfile.FIFOTYPE)],
@@ -153,12 +155,14 @@ def _member(name: str, *, type=tarfile.REGTYPE, data: bytes = b"x", linkname: st
         [_member("firmware", type=tarfile.DIRTYPE), _member("firmware/l", type=tarfile.SYMTYPE, linkname="."),
          _member("firmware/l", type=tarfile.DIRTYPE)],
     ],
-    ids=["absolute", "dotdot-inside", "dotdot", "unknown-component", "symlink-absolute", "symlink-up",
+    ids=["absolute", "dotdot-inside", "dotdot", "unknown-component", "through-an-absolute-link", "through-a-link-up",
          "hardlink", "device", "fifo", "sparse", "through-a-chain-of-links", "link-and-folder"],
 )
 def test_hostile_members_are_refused(service: BackupService, members, tmp_path: Path) -> None:
     name = _hostile_backup(service, members)
     before = appliance_state(service.config)
+    with pytest.raises(UnsafeArchiveError):
+        service.verify(name, deep=True)
     with pytest.raises(UnsafeArchiveError):
         service.restore(name)
     assert appliance_state(service.config) == before
@@ -168,11 +172,78 @@ def test_hostile_members_are_refused(service: BackupService, members, tmp_path: 
     assert r.returncode == ExitCode.INTEGRITY and "restore refused" in r.stderr
 
 
-def test_a_link_inside_its_component_is_fine(service: BackupService) -> None:
-    os.symlink("sub/../version.txt", service.config.appliance.firmware / "inside-link")
+def test_links_come_back_wherever_they_point(service: BackupService) -> None:
+    """As the appliance had them: /etc/localtime points into /usr/share, configuration links across folders."""
+    firmware = service.config.appliance.firmware
+    links = {"inside-link": "sub/../version.txt", "localtime": "/usr/share/zoneinfo/UTC",
+             "motd": "../system/motd", "dangling": "../../nowhere/at/all"}
+    for link, target in links.items():
+        os.symlink(target, firmware / link)
     name = service.run_backup().name
+    assert service.verify(name, deep=True).files > 0
+    for link in links:
+        (firmware / link).unlink()
     service.restore(name)
-    assert os.readlink(service.config.appliance.firmware / "inside-link") == "sub/../version.txt"
+    assert {link: os.readlink(firmware / link) for link in links} == links
+    assert not Path("/usr/share/zoneinfo/UTC.restore").exists()
+
+
+def test_a_backslash_is_an_ordinary_character_of_a_name(service: BackupService) -> None:
+    firmware = service.config.appliance.firmware
+    (firmware / "C:\\boot.ini").write_text("not windows\n")
+    (firmware / "dir\\x").mkdir()
+    (firmware / "dir\\x" / "f").write_text("y\n")
+    before = appliance_state(service.config)
+    name = service.run_backup().name
+    mutate_appliance(service.config)
+    service.restore(name)
+    assert appliance_state(service.config) == before
+
+
+def test_configured_paths_reached_through_links_are_backed_up_and_restored_where_they_lead(
+        service: BackupService) -> None:
+    """The links stay links; the directories and the database they lead to are restored."""
+    appliance = service.config.appliance
+    real = appliance.firmware.parent / "real"
+    real.mkdir()
+    for path in (appliance.firmware, appliance.database):
+        os.rename(path, real / path.name)
+        os.symlink(real / path.name, path)
+    os.rename(appliance.system, real / "system")
+    os.symlink("real/system", appliance.system)  # relative, as well
+    before = appliance_state(service.config)
+    name = service.run_backup().name
+    assert service.verify(name, deep=True).files > 0
+    mutate_appliance(service.config)
+    service.restore(name)
+    assert appliance_state(service.config) == before
+    assert all(path.is_symlink() for path in (appliance.firmware, appliance.system, appliance.database))
+    assert not [p.name for p in real.iterdir() if "restore-" in p.name]
+
+
+def test_a_component_stored_as_a_link_by_an_earlier_version_is_restored_as_its_folder(
+        service: BackupService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Earlier versions stored a configured directory reached through a link as that link, its content below."""
+    from backup import payload, service as service_module
+
+    firmware = service.config.appliance.firmware
+    os.rename(firmware, firmware.with_name("real-firmware"))
+    os.symlink("real-firmware", firmware)
+    before = appliance_state(service.config)
+    real_scan = payload.scan_directory
+
+    def as_before(name: str, root: Path) -> payload.ComponentScan:
+        scan = real_scan(name, root)
+        scan.entries[0] = payload._entry(name, root, os.lstat(root))  # the root entry as they made it
+        return scan
+
+    monkeypatch.setattr(service_module, "scan_directory", as_before)
+    name = service.run_backup().name
+    monkeypatch.undo()
+    mutate_appliance(service.config)
+    service.restore(name)
+    assert appliance_state(service.config) == before
+    assert firmware.is_symlink() and firmware.resolve() == firmware.with_name("real-firmware")
 
 
 # ------------------------------------------------------------ rollback
