@@ -912,9 +912,13 @@ def _read_phase(rollback_dir: Path) -> str | None:
 
 
 def created_at(name: str, mtime: float) -> datetime:
+    """When a backup was made: the time in its name, else (another tool's name, or no such date) its mtime."""
     match = NAME_STAMP.search(name)
     if match:
-        return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        try:
+            return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:  # looks like ours but is no date (month 13): not one of ours
+            pass
     return datetime.fromtimestamp(mtime, tz=timezone.utc)
 
 

@@ -76,6 +76,21 @@ def test_full_cycle_from_the_command_line(appliance: Config, passphrase_file: Pa
         assert PASSPHRASE not in secret_output
 
 
+def test_a_file_named_like_a_backup_but_with_no_real_date_is_listed_by_its_mtime(appliance: Config,
+                                                                                 passphrase_file: Path) -> None:
+    odd = appliance.storage.path / "other-20261399T000000Z-abcdef.abk"  # month 13
+    odd.write_bytes(b"another tool's file")
+    os.utime(odd, (1_700_000_000, 1_700_000_000))
+    assert run_cli("secret", "set", "--passphrase-file", passphrase_file, config=appliance).returncode == 0
+    r = run_cli("run", config=appliance)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(".abk")
+    r = run_cli("list", "--json", config=appliance)
+    assert r.returncode == 0, r.stderr
+    listed = {b["name"]: b for b in json.loads(r.stdout)}
+    assert listed[odd.name]["created_at"].startswith("2023-11-14")
+
+
 def test_anything_left_in_the_state_tmp_directory_is_cleared_not_fatal(appliance: Config) -> None:
     tmp = appliance.state_dir / "tmp"
     (tmp / "sub" / "deeper").mkdir(parents=True)
