@@ -125,6 +125,13 @@ class TestRefused:
     def test_user_info(self) -> None:
         assert "user name" in problem("nfs://root@nas/export")
 
+    @pytest.mark.parametrize("url", ["nfs://backup:S3cretPassw0rd@nas/export", "NFS://backup:S3cretPassw0rd@nas/x",
+                                     "nfs://backup:S3cretPassw0rd@@nas:99999/export", "nfs://backup:S3cretPassw0rd@"])
+    def test_a_password_typed_into_the_url_is_not_repeated(self, url: str) -> None:
+        sentence = problem(url)
+        assert "S3cretPassw0rd" not in sentence and "backup" not in sentence
+        assert "***@" in sentence
+
     def test_too_long(self) -> None:
         assert "characters long" in problem("nfs://nas/" + "a/" * 600)
 

@@ -93,7 +93,15 @@ def _parse(url: str) -> tuple[str | None, NfsUrl | None]:
 
 
 def _shown(url: str) -> str:
-    """The URL as it may be quoted in a sentence: control characters made visible, long ones cut."""
+    """The URL as it may be quoted in a sentence: a user part hidden, control characters made visible, long ones cut.
+
+    NFS URLs carry no user name, but an operator may still type
+    user:password@ into one; the sentence refusing it must not repeat it.
+    """
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if sep and "@" in authority:
+        url = f"{scheme}{sep}***@{authority.rpartition('@')[2]}{slash}{path}"
     text = repr(url)
     return text if len(text) <= 100 else text[:96] + "...'"
 
