@@ -264,7 +264,12 @@ def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
               f"  the system configuration    {appliance.system}\n"
               f"  the internal database       {appliance.database}\n"
               "The current state is kept as a rollback copy in the state directory.")
-        if input("Type 'yes' to restore: ").strip().lower() != "yes":
+        try:
+            answer = input("Type 'yes' to restore: ")
+        except EOFError:  # Ctrl-D: no answer is not a yes
+            answer = ""
+            print()
+        if answer.strip().lower() != "yes":
             print("Restore cancelled; nothing was changed.")
             return ExitCode.OK
     line = _ProgressLine()
@@ -342,8 +347,11 @@ def cmd_secret(service: BackupService, args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             raise ConfigError("There is no terminal to type the secret on: use --passphrase-file F.")
         service.secret.ensure_not_set()  # say so before asking for anything
-        passphrase = getpass.getpass("New Domain Master Secret (at least 8 characters): ")
-        repeated = getpass.getpass("Type it again: ")
+        try:
+            passphrase = getpass.getpass("New Domain Master Secret (at least 8 characters): ")
+            repeated = getpass.getpass("Type it again: ")
+        except EOFError:  # Ctrl-D
+            raise ConfigError("No secret was typed (the input ended); nothing was set.") from None
         problem = validate_passphrase(passphrase, repeated)
         if problem:
             raise ConfigError(problem)
@@ -370,14 +378,14 @@ def cmd_schedule(service: BackupService, args: argparse.Namespace) -> int:
     config = service.config
     action = args.schedule_command or "show"
     if action == "set":
-        if args.cron:
+        if args.cron is not None:  # an empty value is a mistake to name, not a missing option
             problem = validate_cron(args.cron)
             if problem:
                 raise ConfigError(problem)
             cron = args.cron
-        elif args.daily:
+        elif args.daily is not None:
             cron = preset_cron("daily", args.daily)
-        elif args.weekly:
+        elif args.weekly is not None:
             cron = preset_cron("weekly", args.weekly[1], weekday=_weekday(args.weekly[0]))
         else:
             cron = preset_cron("monthly", args.monthly[1], day=_int(args.monthly[0], "day of the month"))
@@ -402,14 +410,16 @@ def cmd_schedule(service: BackupService, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
 def _weekday(text: str) -> int:
-    key = text.strip().lower()[:3]
-    if key not in WEEKDAYS:
-        raise ConfigError(f"{text!r} is not a day of the week: use mon, tue, wed, thu, fri, sat or sun.")
-    return WEEKDAYS.index(key)
+    """A day's number from its name or its first three letters (mon or monday, not monkey)."""
+    key = text.strip().lower()
+    for number, day in enumerate(WEEKDAYS):
+        if key in (day, day[:3]):
+            return number
+    raise ConfigError(f"{text!r} is not a day of the week: use mon, tue, wed, thu, fri, sat or sun.")
 
 
 def _int(text: str, what: str) -> int:

@@ -154,6 +154,9 @@ def test_restore_on_a_terminal_asks_and_names_what_it_replaces(service: BackupSe
     assert code == 0 and "Restore cancelled; nothing was changed." in out
     assert str(service.config.appliance.database) in out and str(service.config.appliance.firmware) in out
     assert appliance_state(service.config) == changed
+    code, out = _on_terminal(argv, ["\x04"])  # Ctrl-D: the input ends, which is no yes
+    assert code == 0 and "Restore cancelled; nothing was changed." in out and "unexpected" not in out
+    assert appliance_state(service.config) == changed
     code, out = _on_terminal(argv, ["yes"])
     assert code == 0 and "Restored" in out
     assert appliance_state(service.config) != changed
@@ -166,10 +169,31 @@ def test_secret_set_on_a_terminal_asks_twice(appliance: Config) -> None:
     assert "abcdefgh" not in out  # never echoed
     code, out = _on_terminal(argv, ["short", "short"])
     assert code == ExitCode.USAGE and "at least 8 characters" in out
+    code, out = _on_terminal(argv, ["\x04"])  # Ctrl-D
+    assert code == ExitCode.USAGE and "No secret was typed" in out and "unexpected" not in out
     code, out = _on_terminal(argv, [PASSPHRASE, PASSPHRASE])
     assert code == 0 and "is set" in out and PASSPHRASE not in out
     code, out = _on_terminal(argv, [])
     assert code == ExitCode.DMS_ALREADY_SET and "only be set once" in out
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--cron", ""], "has 0 fields"),
+    (["--daily", ""], "HH:MM"),
+    (["--weekly", "Sunflower", "02:00"], "not a day of the week"),
+    (["--weekly", "monkey", "02:00"], "not a day of the week"),
+])
+def test_schedule_set_names_an_empty_or_wrong_value(appliance: Config, args: list[str], words: str) -> None:
+    r = run_cli("schedule", "set", *args, config=appliance)
+    assert r.returncode == ExitCode.USAGE, r.stderr
+    assert words in r.stderr and "unexpected" not in r.stderr
+
+
+def test_schedule_set_weekly_takes_a_day_in_full_or_in_three_letters(appliance: Config) -> None:
+    for day in ("Monday", "mon", " SUNDAY "):
+        r = run_cli("schedule", "set", "--weekly", day, "03:00", config=appliance)
+        assert r.returncode == 0, r.stderr
+    assert "Sunday" in r.stdout
 
 
 def test_failed_backup_is_reported_in_status(service: BackupService) -> None:
