@@ -32,6 +32,8 @@ NFS_VERSIONS = ("4", "4.1", "4.2")
 PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 DEFAULT_DATABASE_WAIT = 30.0
+MAX_AGE_HOURS = 87_840
+"""[schedule] max_age_hours at most ten years: anything more is no warning, and inf broke the status."""
 """Seconds a backup waits for another program's write lock on the internal database (SQLite's busy timeout)."""
 TABLE_LINE = re.compile(r"\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 POSITION = re.compile(r"^In (?P<path>.+?), (?:\[(?P<section>[^\]]+)\] (?P<key>[A-Za-z0-9_-]+)|(?P<table>[A-Za-z0-9_-]+) must be a table)")
@@ -106,7 +108,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the configuration file at `path`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not TOML's business
     except FileNotFoundError:
         raise ConfigError(
             f"The configuration file {path} does not exist: pass --config PATH, set ${CONFIG_ENV}, "
@@ -116,6 +118,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"The configuration file {path} cannot be read (permission denied): run as a user that may read it.") from None
     except IsADirectoryError:
         raise ConfigError(f"The configuration path {path} is a directory: pass the path of the config.toml file.") from None
+    except NotADirectoryError:
+        raise ConfigError(f"The configuration path {path} goes through a file as if it were a directory: "
+                          "pass the path of the config.toml file.") from None
     except UnicodeDecodeError:
         raise ConfigError(f"The configuration file {path} is not UTF-8 text: restore it from a copy or recreate it.") from None
     try:
@@ -191,20 +196,51 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
             reader.fail("storage", "version", f"is {version!r}; it must be one of \"4\", \"4.1\" or \"4.2\"")
         storage = StorageConfig(type="nfs", url=url, version=version)
 
+    _refuse_overlaps(reader, appliance, state_dir, storage)
+
     prefix = reader.string("backup", "prefix", default="")
     problem = validate_prefix(prefix)
     if problem:
         raise ConfigError(f"In {path}, [backup] prefix: {problem}")
     schedule = parse_schedule(raw, path)
     max_age = raw.get("schedule", {}).get("max_age_hours") if isinstance(raw.get("schedule"), dict) else None
-    if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age <= 0):
-        reader.fail("schedule", "max_age_hours", f"must be a positive number of hours (without quotes), not {max_age!r}")
+    if max_age is not None and not _number_in(max_age, 0, MAX_AGE_HOURS):
+        reader.fail("schedule", "max_age_hours", f"must be a number of hours above 0 and at most {MAX_AGE_HOURS} "
+                                                 f"(without quotes), not {max_age!r}")
     wait = reader.table("backup").get("database_wait_seconds", DEFAULT_DATABASE_WAIT)
-    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= 3600:
-        reader.fail("backup", "database_wait_seconds", f"must be a number of seconds from 0 to 3600 (without quotes), not {wait!r}")
+    if not _number_in(wait, 0, 3600):
+        reader.fail("backup", "database_wait_seconds", f"must be a number of seconds above 0 and at most 3600 "
+                                                       f"(without quotes), not {wait!r}")
     return Config(path=path, appliance=appliance, state_dir=state_dir, storage=storage, prefix=prefix,
                   schedule=schedule, retention=parse_retention(raw, path), operators=parse_operators(raw, path),
                   max_age_hours=float(max_age) if max_age is not None else None, database_wait=float(wait), raw=raw)
+
+
+def _refuse_overlaps(reader: "_Reader", appliance: ApplianceConfig, state_dir: Path, storage: StorageConfig) -> None:
+    """Nothing the appliance's backups need may be at or inside a component folder.
+
+    A restore replaces each component folder whole and stages the database
+    beside it: a state directory, database, storage or second component at
+    or inside one was carried off with it (restores failed half way, or
+    emptied the storage), and backups inside a component held every earlier
+    backup. Links are followed.
+    """
+    places = [(("appliance", "firmware"), appliance.firmware), (("appliance", "system"), appliance.system),
+              (("appliance", "database"), appliance.database), (("state", "dir"), state_dir)]
+    if storage.type == "local" and storage.path is not None:
+        places.append((("storage", "path"), storage.path))
+    real = [(where, path.resolve()) for where, path in places]
+    for component_where, component in real[:2]:
+        for where, path in real:
+            if where != component_where and (path == component or component in path.parents):
+                relation = "is the same folder as" if path == component else "is inside"
+                reader.fail(*where, f"{relation} [{component_where[0]}] {component_where[1]} ({component}): "
+                                    "a restore replaces that folder whole, so keep it elsewhere")
+
+
+def _number_in(value: Any, low: float, high: float) -> bool:
+    """Whether `value` is a TOML number (not a boolean) with low < value <= high; inf and nan are not."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and low < value <= high
 
 
 def update_config(config: Config, changes: dict[str, dict[str, Any]]) -> Config:
@@ -230,8 +266,8 @@ def update_config(config: Config, changes: dict[str, dict[str, Any]]) -> Config:
         mode = config.path.stat().st_mode & 0o777
     except OSError:
         pass
-    try:
-        atomic_write_text(config.path, tomli_w.dumps(raw), mode=mode)
+    try:  # through a link to the file it leads to: replacing the link would leave that file unchanged
+        atomic_write_text(config.path.resolve(), tomli_w.dumps(raw), mode=mode)
     except OSError as exc:
         raise ConfigError(f"The configuration file {config.path} could not be written ({exc.strerror}): check the directory's permissions and free space.") from None
     return new

@@ -217,6 +217,21 @@ def test_failed_backup_is_reported_in_status(service: BackupService) -> None:
         ('[appliance]\nname = "a"\nfirmware = "/f"\ndatabase = "/d"\n[state]\ndir = "/x"\n', "[appliance] system is missing"),
         ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n'
          '[backup]\nprefix = "../x"\n', "prefix"),
+        *[('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n'
+           f'[schedule]\ncron = "0 2 * * *"\nmax_age_hours = {value}\n', "max_age_hours must be a number of hours")
+          for value in ("inf", "nan", "1e300", "0", "-1", '"36"')],
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n'
+         '[backup]\ndatabase_wait_seconds = 0\n', "above 0 and at most 3600"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/f/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n',
+         "[appliance] system is inside [appliance] firmware"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/f"\ndatabase = "/d"\n[state]\ndir = "/x"\n',
+         "[appliance] system is the same folder as [appliance] firmware"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/s/app.db"\n[state]\ndir = "/x"\n',
+         "[appliance] database is inside [appliance] system"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/s/state"\n',
+         "[state] dir is inside [appliance] system"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n'
+         '[storage]\ntype = "local"\npath = "/f/backups"\n', "[storage] path is inside [appliance] firmware"),
     ],
 )
 def test_config_errors_name_the_file_and_the_key(tmp_path: Path, content: str | None, words: str) -> None:
@@ -227,6 +242,26 @@ def test_config_errors_name_the_file_and_the_key(tmp_path: Path, content: str | 
     assert r.returncode == ExitCode.USAGE
     assert str(path) in r.stderr and words in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_config_file_with_a_byte_order_mark_reads(appliance: Config) -> None:
+    appliance.path.write_bytes(b"\xef\xbb\xbf" + appliance.path.read_bytes())
+    r = run_cli("status", config=appliance)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_config_path_through_a_file_is_named(appliance: Config) -> None:
+    r = run_cli("status", config=appliance.path / "config.toml")
+    assert r.returncode == ExitCode.USAGE and "goes through a file" in r.stderr
+
+
+def test_changing_a_linked_config_writes_the_file_the_link_leads_to(appliance: Config) -> None:
+    real = appliance.path.with_name("real.toml")
+    os.rename(appliance.path, real)
+    os.symlink("real.toml", appliance.path)
+    r = run_cli("schedule", "set", "--daily", "03:00", config=appliance)
+    assert r.returncode == 0, r.stderr
+    assert appliance.path.is_symlink() and "0 3 * * *" in real.read_text()
 
 
 def test_config_from_the_environment(appliance: Config) -> None:
