@@ -88,7 +88,7 @@ def is_locked(state_dir: Path) -> bool:
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process; or no process number at all (a hand-edited record)
         return False
     except PermissionError:
         return True

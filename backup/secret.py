@@ -67,7 +67,12 @@ def read_passphrase_file(path: str | os.PathLike[str]) -> str:
         raise ConfigError(f"The passphrase file {path} cannot be read (permission denied).") from None
     except UnicodeDecodeError:
         raise ConfigError(f"The passphrase file {path} is not UTF-8 text.") from None
-    return line.rstrip("\r\n")
+    except IsADirectoryError:
+        raise ConfigError(f"The passphrase file {path} is a directory: give the file holding the passphrase.") from None
+    passphrase = line.rstrip("\r\n")
+    if not passphrase:
+        raise ConfigError(f"The passphrase file {path} is empty: its first line must hold the passphrase.")
+    return passphrase
 
 
 class DomainMasterSecret:
@@ -83,7 +88,11 @@ class DomainMasterSecret:
             data = self._read()
         except DmsNotSetError:
             return SecretInfo(is_set=False)
-        return SecretInfo(is_set=True, set_at=datetime.fromisoformat(data["set_at"]))
+        try:
+            set_at = datetime.fromisoformat(data["set_at"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"The key file {self.path} is damaged (no valid set_at): restore it from a copy.") from None
+        return SecretInfo(is_set=True, set_at=set_at)
 
     def is_set(self) -> bool:
         return self.path.exists()

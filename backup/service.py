@@ -33,6 +33,7 @@ from backup.errors import (
     BackupNotFoundError,
     ConfigError,
     DatabaseLockedError,
+    DmsNotSetError,
     IntegrityError,
     InterruptedRunError,
     SlotAlreadyDoneError,
@@ -585,6 +586,9 @@ class BackupService:
     def _reader(self, source: BinaryIO, passphrase: str | None) -> ArchiveReader:
         if passphrase is not None:
             return ArchiveReader(source, passphrase=passphrase)
+        if not self.secret.is_set():
+            raise DmsNotSetError("This appliance has no Domain Master Secret yet, so it cannot open backups by "
+                                 "itself: give the DMS the backup was made with, using --passphrase-file.")
         kek = self.secret.kek()
         header = read_header(source)
         source.seek(0)

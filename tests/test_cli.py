@@ -91,6 +91,57 @@ def test_a_file_named_like_a_backup_but_with_no_real_date_is_listed_by_its_mtime
     assert listed[odd.name]["created_at"].startswith("2023-11-14")
 
 
+def test_a_hand_edited_journal_line_with_an_impossible_pid_is_not_fatal(appliance: Config) -> None:
+    with open(appliance.state_dir / "journal.jsonl", "a") as journal:
+        journal.write('{"type":"start","id":"a","kind":"backup","at":"2026-11-26T14:30:00+00:00",'
+                      '"pid":99999999999999999999999,"name":"x.abk","detail":null}\n')
+    for command in (["status"], ["list"]):
+        r = run_cli(*command, config=appliance)
+        assert r.returncode == 0, r.stderr
+
+
+def test_a_key_file_without_its_date_is_named_damaged(service: BackupService) -> None:
+    key = service.state_dir / "dms.key"
+    key.write_text(json.dumps({k: v for k, v in json.loads(key.read_text()).items() if k != "set_at"}))
+    r = run_cli("status", config=service.config)
+    assert r.returncode == ExitCode.USAGE and "is damaged" in r.stderr and "unexpected" not in r.stderr
+
+
+def test_reading_a_backup_on_an_appliance_without_a_dms_asks_for_the_backups_dms(service: BackupService,
+                                                                                 tmp_path: Path) -> None:
+    name = service.run_backup().name
+    (service.state_dir / "dms.key").unlink()
+    r = run_cli("verify", name, config=service.config)
+    assert r.returncode == ExitCode.DMS_NOT_SET and "--passphrase-file" in r.stderr
+    assert "no backup can be created" not in r.stderr
+
+
+def test_passphrase_files_that_hold_no_passphrase_are_named(service: BackupService, tmp_path: Path) -> None:
+    name = service.run_backup().name
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "blank-line").write_text("\nsecond line\n")
+    for path, words in ((tmp_path / "empty", "is empty"), (tmp_path / "blank-line", "is empty"),
+                        (tmp_path, "is a directory")):
+        r = run_cli("verify", name, "--passphrase-file", path, config=service.config)
+        assert r.returncode == ExitCode.USAGE and words in r.stderr, r.stderr
+
+
+def test_a_folder_in_the_storage_is_no_backup(service: BackupService) -> None:
+    (service.config.storage.path / "dir.abk").mkdir()
+    r = run_cli("verify", "dir.abk", config=service.config)
+    assert r.returncode == ExitCode.NOT_FOUND and "no backup named dir.abk" in r.stderr
+
+
+def test_a_storage_path_that_is_a_file_is_named_so(appliance: Config, passphrase_file: Path, tmp_path: Path) -> None:
+    assert run_cli("secret", "set", "--passphrase-file", passphrase_file, config=appliance).returncode == 0
+    not_a_dir = tmp_path / "plain-file"
+    not_a_dir.write_text("x")
+    text = appliance.path.read_text().replace(str(appliance.storage.path), str(not_a_dir))
+    appliance.path.write_text(text)
+    r = run_cli("run", config=appliance)
+    assert r.returncode == ExitCode.STORAGE and "is not a directory" in r.stderr
+
+
 def test_anything_left_in_the_state_tmp_directory_is_cleared_not_fatal(appliance: Config) -> None:
     tmp = appliance.state_dir / "tmp"
     (tmp / "sub" / "deeper").mkdir(parents=True)

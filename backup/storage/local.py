@@ -130,6 +130,8 @@ class LocalStorage:
 
     def create(self, name: str) -> LocalFile:
         if not self.root.is_dir():
+            if self.root.exists():
+                raise StorageError(f"The storage path {self.root} is not a directory: choose a directory.")
             raise StorageError(f"The storage directory {self.root} does not exist: create it or choose another location.")
         return LocalFile(self.root, name)
 
@@ -137,7 +139,7 @@ class LocalStorage:
         target = self._path(name)
         try:
             return open(target, "rb")
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):  # a folder of that name is no backup either
             raise BackupNotFoundError(f"There is no backup named {name} in the {self.description}.") from None
         except OSError as exc:
             raise storage_error(exc, f"Opening {target}") from None
