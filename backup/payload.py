@@ -14,6 +14,7 @@ the manifest comes first so a backup's details need only its first chunk.
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import zstandard
 
-from backup.errors import IntegrityError, UnsafeArchiveError
+from backup.errors import BackupError, IntegrityError, UnsafeArchiveError
 from backup.progress import Tracker
 
 MANIFEST_NAME = "manifest.json"
@@ -48,6 +49,8 @@ piece): handing a 12 KiB file to the hash thread costs more than hashing it (abo
 GATHER = 1 << 20
 """Small pieces (headers, small files, padding) are gathered up to this size before zstd gets them:
 each call into zstd costs about 15 µs, and a configuration tree has thousands of small files."""
+READ_ATTEMPTS = 3
+"""A small file that changes while it is read is read again, this many times in all."""
 MAX_MANIFEST = 1 << 20
 MAX_CHECKSUMS = 64 << 20
 MAX_EXTENDED_HEADER = 1 << 20
@@ -247,43 +250,87 @@ class PayloadWriter:
             info.linkname = entry.link
             self._header(info)
         else:
-            self.add_file(entry.arcname, entry.path, entry.size, info)
+            self._add_source_file(entry.arcname, entry.path, info)
 
-    def add_file(self, arcname: str, path: Path, size: int, info: tarfile.TarInfo | None = None, *,
-                 head: Callable[[bytes], bytes] | None = None, like: Path | None = None) -> None:
-        """Stream a regular file; exactly `size` bytes go in, whatever the file does meanwhile.
+    def _add_source_file(self, arcname: str, path: Path, info: tarfile.TarInfo) -> None:
+        """A file of a configuration tree as one moment saw it: never torn by a writer.
 
-        `head`, if given, rewrites the first block read (same length) before it is stored.
-        Without `info`, the member's mode, owner and mtime are those of `like` (a snapshot's
-        original), else of `path`.
+        The scan's size is only a first look: the file is opened and measured
+        again, since a writer that saves by rename puts a new file in its place
+        and one that writes in place changes it. A small file is read whole
+        and kept only if its size and times did not move meanwhile, else read
+        again (READ_ATTEMPTS). A large one streams from its open descriptor,
+        and the backup fails, naming it, if it changed underneath: its first
+        bytes are already on their way. A file deleted since the scan (or no
+        longer a regular file) is left out, as it is no longer on the appliance.
         """
-        if info is None:
-            info = tarfile.TarInfo(arcname)
-            st = os.stat(like or path)
-            info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
-            info.uid, info.gid = st.st_uid, st.st_gid
+        for _ in range(READ_ATTEMPTS):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except (FileNotFoundError, IsADirectoryError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # a link now stands there
+                    return
+                raise
+            try:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    return
+                info.mode, info.mtime = stat.S_IMODE(before.st_mode), int(before.st_mtime)
+                info.uid, info.gid = before.st_uid, before.st_gid
+                if before.st_size > SMALL_FILE:
+                    self._stream(arcname, lambda n: os.read(fd, n), before.st_size, info, path)
+                    if not _unchanged(before, os.fstat(fd)):
+                        raise BackupError(f"{path} changed while it was being backed up: run the backup again "
+                                          "(or when whatever writes it is done).")
+                    return
+                data = _read_up_to(fd, before.st_size + 1)  # one more: a short read says the file ended
+                after = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if _unchanged(before, after) and len(data) == after.st_size:
+                info.size = len(data)
+                self._digests.append((arcname, hashlib.sha256(data)))
+                self._member(info, data)
+                self.tracker.add(done=len(data))
+                return
+        raise BackupError(f"{path} changed each of the {READ_ATTEMPTS} times it was read during the backup: "
+                          "run the backup again when it is not being written.")
+
+    def add_file(self, arcname: str, path: Path, size: int, *, head: Callable[[bytes], bytes] | None = None,
+                 like: Path | None = None) -> None:
+        """Stream exactly `size` bytes of a file whose content cannot change meanwhile (a database snapshot).
+
+        `head`, if given, rewrites the first block read (same length) before it is stored. The
+        member's mode, owner and mtime are those of `like` (a snapshot's original), else of `path`.
+        """
+        info = tarfile.TarInfo(arcname)
+        st = os.stat(like or path)
+        info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
+        info.uid, info.gid = st.st_uid, st.st_gid
+        with open(path, "rb") as f:
+            self._stream(arcname, f.read, size, info, path, head=head)
+
+    def _stream(self, arcname: str, read: Callable[[int], bytes], size: int, info: tarfile.TarInfo, path: Path, *,
+                head: Callable[[bytes], bytes] | None = None) -> None:
+        """Header, then exactly `size` bytes from `read` (hashed on the hash thread), then padding."""
         info.size = size
-        if size <= SMALL_FILE and head is None:
-            data = _read_small(path, size)
-            self._digests.append((arcname, hashlib.sha256(data)))
-            self._member(info, data)
-            self.tracker.add(done=size)
-            return
         digest = hashlib.sha256()
         self._digests.append((arcname, digest))
         self._header(info)
         left = size
-        with open(path, "rb") as f:
-            while left:
-                block = f.read(min(READ_SIZE, left))
-                if not block:
-                    raise OSError(f"{path} became shorter while it was being backed up")
-                if head is not None:
-                    block, head = head(block), None
-                left -= len(block)
-                self._hash.put((digest, block))
-                self._write(block)
-                self.tracker.add(done=len(block))
+        while left:
+            block = read(min(READ_SIZE, left))
+            if not block:
+                raise BackupError(f"{path} became shorter while it was being backed up: run the backup again "
+                                  "(or when whatever writes it is done).")
+            if head is not None:
+                block, head = head(block), None
+            left -= len(block)
+            self._hash.put((digest, block))
+            self._write(block)
+            self.tracker.add(done=len(block))
         self._pad(size)
 
     def checksums(self) -> dict:
@@ -340,19 +387,21 @@ class PayloadWriter:
             self._write(b"\0" * (BLOCK - rest))
 
 
-def _read_small(path: Path, size: int) -> bytes:
-    """Exactly `size` bytes from the start of `path`, with one open and (usually) one read."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.read(fd, size)
-        while len(data) < size:
-            more = os.read(fd, size - len(data))
-            if not more:
-                raise OSError(f"{path} became shorter while it was being backed up")
-            data += more
-        return data
-    finally:
-        os.close(fd)
+def _unchanged(before: os.stat_result, after: os.stat_result) -> bool:
+    """Whether nothing wrote to (or replaced) the file between two looks at it."""
+    return (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns) == \
+        (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """Read until the file ends or `limit` bytes came (usually one read)."""
+    data = os.read(fd, limit)
+    while 0 < len(data) < limit:
+        more = os.read(fd, limit - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 _USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12x")

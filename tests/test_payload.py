@@ -22,6 +22,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backup import payload
+from backup.errors import BackupError
 from backup.payload import (
     CHECKSUMS_NAME,
     GATHER,
@@ -101,18 +103,100 @@ def test_files_of_every_size_come_back_exactly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [100, SMALL_FILE + READ_SIZE])
-def test_a_file_that_shrank_is_an_error_and_one_that_grew_is_cut_at_its_scanned_size(tmp_path: Path,
-                                                                                       size: int) -> None:
+@pytest.mark.parametrize("change", [-1, +10])
+def test_a_file_that_changed_since_the_scan_is_stored_as_it_is_now(tmp_path: Path, size: int, change: int) -> None:
+    """Never cut at (or padded to) the scanned size: a writer that saves by rename leaves a new, whole file."""
     path = tmp_path / "f"
     path.write_bytes(b"a" * size)
     scanned = _entry(path, "system/f")
-    path.write_bytes(b"a" * (size - 1))
-    with pytest.raises(OSError, match="became shorter"):
-        _write_payload([scanned])
-    path.write_bytes(b"b" * (size + 10))
+    new = b"b" * (size + change)
+    path.with_name("f.new").write_bytes(new)
+    os.rename(path.with_name("f.new"), path)
     members, checksums = _read_payload(_write_payload([scanned])[0])
-    assert members["system/f"][1] == b"b" * size
-    assert checksums["files"]["system/f"] == hashlib.sha256(b"b" * size).hexdigest()
+    assert members["system/f"][1] == new
+    assert checksums["files"]["system/f"] == hashlib.sha256(new).hexdigest()
+
+
+def test_a_small_file_written_while_it_is_read_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: a writer strikes between the look at the file and its read (a window too short to hit)."""
+    path = tmp_path / "acl.conf"
+    path.write_text('mode = "strict"\n')
+    scanned = _entry(path, "system/acl.conf")
+    real = payload._read_up_to
+    calls = []
+
+    def writer_strikes(fd: int, limit: int) -> bytes:
+        calls.append(limit)
+        if len(calls) == 1:
+            with open(path, "r+") as f:  # in place, as an editor without rename does
+                f.write('mode = "permissive"\nallowed = ["0.0.0.0/0"]\n')
+        return real(fd, limit)
+
+    monkeypatch.setattr(payload, "_read_up_to", writer_strikes)
+    members, _ = _read_payload(_write_payload([scanned])[0])
+    assert len(calls) == 2
+    assert members["system/acl.conf"][1] == b'mode = "permissive"\nallowed = ["0.0.0.0/0"]\n'
+
+
+def test_a_small_file_that_never_stops_changing_fails_the_backup_by_name(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "busy.conf"
+    path.write_text("0\n")
+    scanned = _entry(path, "system/busy.conf")
+    real = payload._read_up_to
+
+    def always_written(fd: int, limit: int) -> bytes:
+        data = real(fd, limit)
+        path.write_text(str(int(path.read_text()) + 1) + "\n")
+        return data
+
+    monkeypatch.setattr(payload, "_read_up_to", always_written)
+    with pytest.raises(BackupError, match=f"busy.conf changed each of the {payload.READ_ATTEMPTS} times"):
+        _write_payload([scanned])
+
+
+@pytest.mark.parametrize(("what", "words"), [("written", "changed while it was being backed up"),
+                                             ("shortened", "became shorter")])
+def test_a_large_file_changed_while_it_streams_fails_the_backup_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       what: str, words: str) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(SMALL_FILE + 3 * READ_SIZE))
+    scanned = _entry(path, "system/big.bin")
+    real = PayloadWriter._write
+    blocks = []
+
+    def writer_strikes(self, data) -> None:
+        blocks.append(len(data))
+        if len(blocks) == 3:  # the header and the first block are on their way
+            if what == "written":
+                with open(path, "r+b") as f:
+                    f.write(b"changed")
+            else:
+                os.truncate(path, READ_SIZE)
+        real(self, data)
+
+    monkeypatch.setattr(PayloadWriter, "_write", writer_strikes)
+    with pytest.raises(BackupError, match=words):
+        _write_payload([scanned])
+
+
+def test_a_file_gone_or_replaced_since_the_scan_is_left_out(tmp_path: Path) -> None:
+    root = tmp_path / "system"
+    root.mkdir()
+    for name in ("deleted", "now-a-folder", "now-a-link", "now-a-fifo", "kept"):
+        (root / name).write_text(name)
+    entries = [_entry(root, "system"), *(_entry(root / n, f"system/{n}") for n in
+                                         ("deleted", "now-a-folder", "now-a-link", "now-a-fifo", "kept"))]
+    (root / "deleted").unlink()
+    (root / "now-a-folder").unlink()
+    (root / "now-a-folder").mkdir()
+    (root / "now-a-link").unlink()
+    os.symlink("kept", root / "now-a-link")
+    (root / "now-a-fifo").unlink()
+    os.mkfifo(root / "now-a-fifo")  # opening it for reading would wait for a writer forever
+    members, checksums = _read_payload(_write_payload(entries)[0])
+    assert sorted(members) == ["system", "system/kept"]
+    assert sorted(checksums["files"]) == ["system/kept"]
 
 
 _names = st.one_of(
