@@ -49,6 +49,8 @@ piece): handing a 12 KiB file to the hash thread costs more than hashing it (abo
 GATHER = 1 << 20
 """Small pieces (headers, small files, padding) are gathered up to this size before zstd gets them:
 each call into zstd costs about 15 µs, and a configuration tree has thousands of small files."""
+MAX_SKIPPED_LISTED = 1000
+"""Skipped entries (fifos, sockets, devices) named in the manifest per component; the rest are counted."""
 READ_ATTEMPTS = 3
 """A small file that changes while it is read is read again, this many times in all."""
 MAX_MANIFEST = 1 << 20
@@ -126,11 +128,13 @@ def _entry(arcname: str, path: Path, st: os.stat_result) -> SourceEntry:
 
 def build_manifest(*, appliance: str, software_version: str, created_at: str, scans: list[ComponentScan],
                    database_bytes: int, database_source: str) -> dict:
-    components = [
-        {"name": s.name, "kind": "directory", "source": str(s.source), "files": s.files, "bytes": s.bytes,
-         "skipped": s.skipped}
-        for s in scans
-    ]
+    components = []
+    for s in scans:
+        component = {"name": s.name, "kind": "directory", "source": str(s.source), "files": s.files, "bytes": s.bytes,
+                     "skipped": s.skipped[:MAX_SKIPPED_LISTED]}
+        if len(s.skipped) > MAX_SKIPPED_LISTED:  # the manifest must stay under MAX_MANIFEST for readers
+            component["skipped_more"] = len(s.skipped) - MAX_SKIPPED_LISTED
+        components.append(component)
     components.append({"name": "database", "kind": "sqlite", "source": database_source, "files": 1,
                        "bytes": database_bytes, "skipped": []})
     return {
@@ -344,6 +348,10 @@ class PayloadWriter:
     def close(self) -> None:
         self._hash.close()
         data = json.dumps(self.checksums(), sort_keys=True).encode()
+        if len(data) > MAX_CHECKSUMS:  # a reader refuses a longer list: no backup it could not restore
+            raise BackupError(f"The configuration holds too many files for one backup: their checksum list would "
+                              f"take {len(data) >> 20} MiB, and at most {MAX_CHECKSUMS >> 20} MiB can be read back. "
+                              "Remove files the appliance does not need from the configuration folders.")
         self.add_bytes(CHECKSUMS_NAME, data, mtime=0)
         self._write(b"\0" * (2 * BLOCK))
         self._hand_over()

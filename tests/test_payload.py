@@ -235,3 +235,26 @@ def test_a_payload_of_several_zstd_frames_reads_whole(cut: int) -> None:
     tar = open_tar_stream(decompressed(io.BytesIO(frames)))
     assert [(m.name, tar.extractfile(m).read()) for m in tar] == [
         ("system/a", bytes([700_000 % 251]) * 700_000), ("system/b", bytes([3 * READ_SIZE % 251]) * 3 * READ_SIZE)]
+
+
+def test_the_manifest_of_a_tree_full_of_fifos_stays_readable(tmp_path: Path) -> None:
+    scan = payload.ComponentScan(name="system", source=tmp_path,
+                                 skipped=[f"system/fifo-{i:06d}-" + "x" * 90 for i in range(50_000)])
+    manifest = payload.build_manifest(appliance="a", software_version="1", created_at="now", scans=[scan],
+                                      database_bytes=0, database_source="/d")
+    assert len(json.dumps(manifest, indent=1).encode()) < payload.MAX_MANIFEST
+    component = manifest["components"][0]
+    assert len(component["skipped"]) == payload.MAX_SKIPPED_LISTED
+    assert component["skipped_more"] == 50_000 - payload.MAX_SKIPPED_LISTED
+
+
+def test_a_checksum_list_too_long_to_read_back_fails_the_backup(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(payload, "MAX_CHECKSUMS", 300)  # a few files stand for the 216,000 it takes at 64 MiB
+    entries = []
+    for i in range(5):
+        (tmp_path / f"file-{i}").write_text("x")
+        entries.append(_entry(tmp_path / f"file-{i}", f"system/file-{i}"))
+    with pytest.raises(BackupError, match="too many files for one backup"):
+        _write_payload(entries)
+
