@@ -256,6 +256,7 @@ def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
     passphrase = _passphrase(args)
     appliance = service.config.appliance
     check_operator(service.config.raw, service.config.path, args.operator)  # before asking anything
+    service.storage.stat(args.name)  # a name that is not there is said before the question, not after
     if not args.yes:
         if not sys.stdin.isatty():
             raise ConfigError("Restore replaces the appliance's state: confirm with --yes when there is no terminal to ask on.")
@@ -341,12 +342,12 @@ def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
 
 
 def cmd_secret(service: BackupService, args: argparse.Namespace) -> int:
+    service.secret.ensure_not_set()  # say so before reading or asking for anything
     if args.passphrase_file:
         passphrase = read_passphrase_file(args.passphrase_file)
     else:
         if not sys.stdin.isatty():
             raise ConfigError("There is no terminal to type the secret on: use --passphrase-file F.")
-        service.secret.ensure_not_set()  # say so before asking for anything
         try:
             passphrase = getpass.getpass("New Domain Master Secret (at least 8 characters): ")
             repeated = getpass.getpass("Type it again: ")

@@ -24,6 +24,8 @@ from backup.fsutil import atomic_write_text, ensure_private_dir
 MIN_LENGTH = 8
 """The shortest DMS accepted, in Unicode code points of its NFC form (not bytes, not letters on screen)."""
 KEY_FILE = "dms.key"
+MAX_PASSPHRASE_FILE_LINE = 4096
+"""Characters read from a passphrase file's first line (its line ending included)."""
 ALREADY_SET = "The Domain Master Secret is already set and can only be set once: every backup depends on it."
 
 
@@ -60,7 +62,7 @@ def read_passphrase_file(path: str | os.PathLike[str]) -> str:
     """
     try:
         with open(path, encoding="utf-8-sig") as f:
-            line = f.readline()
+            line = f.readline(MAX_PASSPHRASE_FILE_LINE + 1)  # /dev/zero or a big file by mistake: bounded
     except FileNotFoundError:
         raise ConfigError(f"The passphrase file {path} does not exist.") from None
     except PermissionError:
@@ -69,6 +71,9 @@ def read_passphrase_file(path: str | os.PathLike[str]) -> str:
         raise ConfigError(f"The passphrase file {path} is not UTF-8 text.") from None
     except IsADirectoryError:
         raise ConfigError(f"The passphrase file {path} is a directory: give the file holding the passphrase.") from None
+    if len(line) > MAX_PASSPHRASE_FILE_LINE:
+        raise ConfigError(f"The first line of the passphrase file {path} is longer than {MAX_PASSPHRASE_FILE_LINE} "
+                          "characters: give a file whose first line is the passphrase.")
     passphrase = line.rstrip("\r\n")
     if not passphrase:
         raise ConfigError(f"The passphrase file {path} is empty: its first line must hold the passphrase.")
@@ -99,10 +104,10 @@ class DomainMasterSecret:
 
     def set(self, passphrase: str, *, now: datetime) -> SecretInfo:
         """Derive and store the KEK. Refused when a DMS is already set: it is set once."""
+        self.ensure_not_set()  # first: whatever was typed, it cannot be set again
         problem = validate_passphrase(passphrase)
         if problem:
             raise ConfigError(problem)
-        self.ensure_not_set()
         ensure_private_dir(self.state_dir)
         kek = derive_kek(normalize(passphrase), new_salt(), self.params)
         data = {

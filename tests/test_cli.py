@@ -226,6 +226,19 @@ def test_secret_set_on_a_terminal_asks_twice(appliance: Config) -> None:
     assert code == 0 and "is set" in out and PASSPHRASE not in out
     code, out = _on_terminal(argv, [])
     assert code == ExitCode.DMS_ALREADY_SET and "only be set once" in out
+    r = run_cli("secret", "set", "--passphrase-file", "/dev/zero", config=appliance)
+    assert r.returncode == ExitCode.DMS_ALREADY_SET, r.stderr  # whatever it holds: it cannot be set again
+
+
+def test_a_passphrase_file_with_no_end_to_its_first_line_is_refused(appliance: Config) -> None:
+    r = run_cli("secret", "set", "--passphrase-file", "/dev/zero", config=appliance)
+    assert r.returncode == ExitCode.USAGE and "longer than 4096 characters" in r.stderr
+
+
+def test_restore_of_a_missing_backup_says_so_before_asking(service: BackupService) -> None:
+    argv = [str(BIN), "--config", str(service.config.path), "restore", "no-such.abk"]
+    code, out = _on_terminal(argv, [])
+    assert code == ExitCode.NOT_FOUND and "no-such.abk" in out and "Type 'yes'" not in out
 
 
 @pytest.mark.parametrize(("args", "words"), [
