@@ -179,6 +179,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         database=reader.abs_path("appliance", "database"),
     )
     state_dir = reader.abs_path("state", "dir")
+    if state_dir.exists() and not state_dir.is_dir():
+        reader.fail("state", "dir", f"is {state_dir}, which is a file, not a folder: give a folder's path "
+                                    "(it is made if missing)")
 
     storage_type = reader.string("storage", "type", default="none")
     if storage_type not in STORAGE_TYPES:

@@ -296,6 +296,8 @@ def test_failed_backup_is_reported_in_status(service: BackupService) -> None:
          "[state] dir is inside [appliance] system"),
         ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n'
          '[storage]\ntype = "local"\npath = "/f/backups"\n', "[storage] path is inside [appliance] firmware"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/etc/hostname"\n',
+         "which is a file, not a folder"),
     ],
 )
 def test_config_errors_name_the_file_and_the_key(tmp_path: Path, content: str | None, words: str) -> None:
