@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
-from backup.errors import ConfigError
+from backup.errors import BackupError, ConfigError
 
 DEFAULT_CRON = "0 2 * * *"
 """The cron expression offered when the schedule is first enabled: every day at 02:00."""
@@ -242,6 +242,8 @@ def describe(cron: str) -> str:
     """A short English sentence for a valid cron expression, e.g. "Every day at 02:00."
 
     Common shapes get a plain sentence; anything else is described field by field.
+    A minute step is "every n minutes" only when n divides 60: the step
+    restarts at every hour, so */45 runs at minutes 0 and 45 and */90 at minute 0.
     """
     if validate_cron(cron):
         return f"Not a valid schedule: {cron!r}."
@@ -250,12 +252,13 @@ def describe(cron: str) -> str:
     hours = sorted(_parse_field(1, hour))
     if minute.isdigit() and hour.isdigit():
         when = f"at {int(hour):02d}:{int(minute):02d}"
-    elif minute.isdigit() and hour == "*":
-        when = f"every hour at minute {int(minute)}"
-    elif minute.startswith("*/") and hour == "*":
+    elif minute.startswith("*/") and hour == "*" and 60 % int(minute[2:]) == 0 and int(minute[2:]) < 60:
         when = f"every {int(minute[2:])} minutes"
     elif minute == "*" and hour == "*":
         when = "every minute"
+    elif hour == "*":
+        # A minute step restarts at every hour: */45 runs at :00 and :45, */90 only at :00.
+        when = f"every hour at minute{'s' if len(minutes) > 1 else ''} {_join([str(m) for m in minutes])}"
     elif minute.isdigit() and len(hours) <= 6:
         when = "at " + _join([f"{h:02d}:{minutes[0]:02d}" for h in hours])
     else:
@@ -300,26 +303,63 @@ def _join(items: list[str]) -> str:
 # ------------------------------------------------------------------ time zone
 
 
-def local_timezone() -> tzinfo:
-    """The appliance's local time zone with its DST rules: $TZ, else /etc/localtime, else UTC."""
-    name = os.environ.get("TZ", "").lstrip(":")
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    localtime = Path("/etc/localtime")
+_LOCALTIME = Path("/etc/localtime")
+_LEAP_SECOND_PREFIX = "right/"
+
+
+def local_timezone(*, localtime: Path = _LOCALTIME) -> tzinfo:
+    """The appliance's local time zone with its DST rules: $TZ, else /etc/localtime, else UTC.
+
+    $TZ is read as the C library reads it, so that the schedule keeps the time
+    the rest of the output shows: one leading ':' is dropped, an absolute path
+    names a TZif file (`TZ=/usr/share/zoneinfo/Europe/Berlin`), anything else
+    is a zone name (`Europe/Berlin`). A leap-second zone (`right/Europe/Berlin`)
+    gives its plain zone: Python's datetime counts no leap seconds, so the plain
+    zone is the wall clock it means, and zoneinfo would read the right/ file's
+    transitions 27 s late (and past its leap-second table's expiry, without DST).
+
+    A value zoneinfo cannot load falls back to `localtime`, else UTC, rather
+    than stopping every command: a directory of zones (`TZ=America`), an unknown
+    name, an unreadable file. Limitation: a POSIX TZ rule string (`UTC+5`,
+    `CET-1CEST,M3.5.0,M10.5.0/3`) is valid for the C library but zoneinfo
+    cannot represent it, so it falls back too, and the schedule may then
+    disagree with the C library's local time: give such appliances a zone name.
+
+    Args:
+        localtime: the system's zone file (a parameter so tests need not read the real one).
+    """
+    value = os.environ.get("TZ", "").removeprefix(":")
+    if value:
+        zone = _load_zone(value)
+        if zone is not None:
+            return zone
     try:
         target = str(localtime.resolve())
         if "/zoneinfo/" in target:
-            return ZoneInfo(target.split("/zoneinfo/", 1)[1])
-    except (OSError, ZoneInfoNotFoundError, ValueError):
+            zone = _load_zone(target.split("/zoneinfo/", 1)[1])
+            if zone is not None:
+                return zone
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop, on Python < 3.13
         pass
+    return _load_zone(str(localtime.absolute()), key="localtime") or timezone.utc
+
+
+def _load_zone(name: str, *, key: str | None = None) -> tzinfo | None:
+    """The zone a TZ value names (a zone key or an absolute path to a TZif file), or None if it cannot be loaded."""
     try:
-        with localtime.open("rb") as f:
-            return ZoneInfo.from_file(f, key="localtime")
-    except (OSError, ValueError):
-        return timezone.utc
+        if os.path.isabs(name):
+            if not os.path.isfile(name):  # a directory, or a FIFO or device that would block the read
+                return None
+            with open(name, "rb") as f:
+                return ZoneInfo.from_file(f, key=key or name)
+        if name.startswith(_LEAP_SECOND_PREFIX):
+            plain = _load_zone(name[len(_LEAP_SECOND_PREFIX):])
+            if plain is not None:
+                return plain
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a directory of zones (TZ=America) is found as a path, then cannot be read as a file.
+        return None
 
 
 def local_now() -> datetime:
@@ -365,33 +405,75 @@ def _tz_of(moment: datetime, tz: tzinfo | None) -> tzinfo:
     return tz if tz is not None else moment.tzinfo
 
 
-def iter_runs(cron: str, after: datetime, *, tz: tzinfo | None = None) -> Iterator[datetime]:
-    """Every run strictly after `after`, in order, each instant once, in zone `tz` (default: `after`'s)."""
-    zone = _tz_of(after, tz)
-    wall = after.astimezone(zone).replace(tzinfo=None) - _DST_MARGIN
-    it = croniter(normalize_cron(cron), wall)
-    last: datetime | None = None
+# croniter keeps its position as a POSIX timestamp and turns it back into a
+# datetime with the C library's gmtime, which under a leap-second zone
+# (TZ=right/...) is the leap seconds so far (27 s) early: asked for the next
+# match after a match, croniter then finds that same match again, forever.
+# Each step therefore starts just before the minute after the previous match
+# (matches are whole minutes), which finds the next match whether or not the
+# conversion is off by under a minute; a step that still does not move on
+# raises rather than spins.
+_NEXT_STEP_FROM = timedelta(seconds=59)
+
+
+def _matches(cron: str, start: datetime, *, backwards: bool = False) -> Iterator[datetime]:
+    """The naive wall-clock times matching `cron` after (or before) naive `start`, strictly in order.
+
+    Ends when croniter finds no further match within its search window.
+
+    Raises:
+        BackupError: the cron parser answered a time that does not move on.
+    """
+    it = croniter(normalize_cron(cron), start)
+    step = it.get_prev if backwards else it.get_next
+    previous: datetime | None = None
     while True:
         try:
-            candidate = _instant(it.get_next(datetime), zone)
+            if previous is None:
+                match = step(datetime)
+            else:
+                match = step(datetime, start_time=previous if backwards else previous + _NEXT_STEP_FROM)
         except CroniterError:
-            return  # no further match within croniter's search window
+            return
+        if previous is not None and (match >= previous if backwards else match <= previous):
+            raise BackupError(
+                f"The next runs of the schedule {cron!r} cannot be computed: the cron parser answered "
+                f"{match:%Y-%m-%d %H:%M} when asked for the match {'before' if backwards else 'after'} "
+                f"{previous:%Y-%m-%d %H:%M}, so its search did not advance. "
+                "Set TZ to a plain zone name (such as Europe/Berlin) or choose another schedule; "
+                "if it persists, report it with the schedule and the value of TZ."
+            )
+        previous = match
+        yield match
+
+
+def iter_runs(cron: str, after: datetime, *, tz: tzinfo | None = None) -> Iterator[datetime]:
+    """Every run strictly after `after`, in order, each instant once, in zone `tz` (default: `after`'s).
+
+    Raises:
+        BackupError: the cron parser stopped advancing (see `_matches`), instead of looping forever.
+    """
+    zone = _tz_of(after, tz)
+    wall = after.astimezone(zone).replace(tzinfo=None) - _DST_MARGIN
+    last: datetime | None = None
+    for match in _matches(cron, wall):
+        candidate = _instant(match, zone)
         if utc(candidate) > utc(after) and (last is None or utc(candidate) > utc(last)):
             last = candidate
             yield candidate
 
 
 def iter_runs_before(cron: str, until: datetime, *, tz: tzinfo | None = None) -> Iterator[datetime]:
-    """Every run at or before `until`, newest first, each instant once."""
+    """Every run at or before `until`, newest first, each instant once.
+
+    Raises:
+        BackupError: the cron parser stopped advancing (see `_matches`), instead of looping forever.
+    """
     zone = _tz_of(until, tz)
     wall = until.astimezone(zone).replace(tzinfo=None) + _DST_MARGIN
-    it = croniter(normalize_cron(cron), wall)
     last: datetime | None = None
-    while True:
-        try:
-            candidate = _instant(it.get_prev(datetime), zone)
-        except CroniterError:
-            return
+    for match in _matches(cron, wall, backwards=True):
+        candidate = _instant(match, zone)
         if utc(candidate) <= utc(until) and (last is None or utc(candidate) < utc(last)):
             last = candidate
             yield candidate

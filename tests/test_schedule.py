@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import signal
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from zoneinfo import ZoneInfo
+from zoneinfo import TZPATH, ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backup.errors import ConfigError
+import backup.schedule
+from backup.errors import BackupError, ConfigError
 from backup.journal import RunRecord
 from backup.schedule import (
     Schedule,
@@ -30,6 +36,7 @@ from backup.schedule import (
     utc,
     validate_cron,
 )
+from tests.conftest import run_cli
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -157,6 +164,20 @@ class TestPresetsAndDescribe:
         ("0 2 * * sat,sun", "Every Saturday and Sunday at 02:00."),
     ])
     def test_describe(self, cron, sentence):
+        assert describe(cron) == sentence
+
+    @pytest.mark.parametrize(("cron", "sentence"), [
+        # A minute step restarts at every hour: only a step that divides 60 runs "every n minutes".
+        ("*/45 * * * *", "Every hour at minutes 0 and 45."),
+        ("*/25 * * * *", "Every hour at minutes 0, 25 and 50."),
+        ("*/90 * * * *", "Every hour at minute 0."),
+        ("*/60 * * * *", "Every hour at minute 0."),
+        ("*/1000000 * * * *", "Every hour at minute 0."),
+        ("*/45 * * * 1", "Every Monday, every hour at minutes 0 and 45."),
+        ("*/30 * * * *", "Every 30 minutes."),
+        ("*/20 * * * 1", "Every Monday, every 20 minutes."),
+    ])
+    def test_describe_minute_steps_truthfully(self, cron, sentence):
         assert describe(cron) == sentence
 
 
@@ -385,3 +406,156 @@ def test_local_timezone_follows_tz(monkeypatch):
     assert local_timezone() == BERLIN
     monkeypatch.setenv("TZ", ":America/New_York")
     assert local_timezone() == NEW_YORK
+
+
+# ------------------------------------------------------------------ local time zone from $TZ
+
+
+def tzif(offset: timedelta, abbreviation: str) -> bytes:
+    """A minimal TZif (version 1) file: one fixed offset, no transitions."""
+    names = abbreviation.encode("ascii") + b"\0"
+    header = b"TZif" + b"\0" * 16 + struct.pack(">6l", 0, 0, 0, 0, 1, len(names))
+    return header + struct.pack(">lBB", int(offset.total_seconds()), 0, 0) + names
+
+
+class TestLocalTimezone:
+    """$TZ is read as the C library reads it; what zoneinfo cannot load falls back, never fails."""
+
+    @pytest.fixture
+    def tokyo_file(self, tmp_path: Path) -> Path:
+        path = tmp_path / "Tokyo"
+        path.write_bytes(tzif(timedelta(hours=9), "JST"))
+        return path
+
+    @staticmethod
+    def offset_and_name(zone) -> tuple[timedelta, str]:
+        moment = datetime(2026, 7, 1, 12, tzinfo=zone)
+        return moment.utcoffset(), moment.tzname()
+
+    @pytest.mark.parametrize("value", ["America", "Europe", ":Europe", "Etc"])
+    def test_tz_naming_a_directory_falls_back(self, monkeypatch, tmp_path, tokyo_file, value):
+        monkeypatch.setenv("TZ", value)
+        assert local_timezone(localtime=tmp_path / "missing") is UTC
+        assert self.offset_and_name(local_timezone(localtime=tokyo_file)) == (timedelta(hours=9), "JST")
+
+    @pytest.mark.parametrize("value", ["Nowhere/Special", "UTC+5", "CET-1CEST,M3.5.0,M10.5.0/3", "../etc/passwd"])
+    def test_unknown_names_and_posix_rules_fall_back(self, monkeypatch, tmp_path, tokyo_file, value):
+        # POSIX TZ rule strings are valid for the C library, but zoneinfo cannot represent them.
+        monkeypatch.setenv("TZ", value)
+        assert local_timezone(localtime=tmp_path / "missing") is UTC
+        assert self.offset_and_name(local_timezone(localtime=tokyo_file)) == (timedelta(hours=9), "JST")
+
+    @pytest.mark.parametrize("prefix", ["", ":"])
+    def test_tz_as_an_absolute_path_to_a_tzif_file(self, monkeypatch, tmp_path, tokyo_file, prefix):
+        monkeypatch.setenv("TZ", prefix + str(tokyo_file))
+        zone = local_timezone(localtime=tmp_path / "missing")
+        assert self.offset_and_name(zone) == (timedelta(hours=9), "JST")
+        runs = next_runs(daily("30 2 * * *"), datetime(2026, 7, 1, tzinfo=UTC), 1, tz=zone)
+        assert [utc(r) for r in runs] == [datetime(2026, 7, 1, 17, 30, tzinfo=UTC)]
+
+    def test_tz_as_an_absolute_path_to_a_system_zone(self, monkeypatch, tmp_path):
+        system_file = next((Path(d) / "Europe" / "Berlin" for d in TZPATH
+                            if (Path(d) / "Europe" / "Berlin").is_file()), None)
+        assert system_file is not None, "the Debian package tzdata provides /usr/share/zoneinfo"
+        monkeypatch.setenv("TZ", str(system_file))
+        zone = local_timezone(localtime=tmp_path / "missing")
+        assert [r.isoformat() for r in next_runs(daily("30 2 * * *"), at(zone, 2026, 3, 28, 12), 2)] == [
+            "2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00",
+        ]
+
+    @pytest.mark.parametrize("name", ["directory", "missing", "not-tzif"])
+    def test_absolute_path_that_is_not_a_tzif_file_falls_back(self, monkeypatch, tmp_path, tokyo_file, name):
+        (tmp_path / "directory").mkdir()
+        (tmp_path / "not-tzif").write_text("Europe/Berlin\n")
+        monkeypatch.setenv("TZ", str(tmp_path / name))
+        assert self.offset_and_name(local_timezone(localtime=tokyo_file)) == (timedelta(hours=9), "JST")
+
+    def test_colon_prefixed_name(self, monkeypatch, tmp_path):
+        monkeypatch.setenv("TZ", ":Europe/Berlin")
+        assert local_timezone(localtime=tmp_path / "missing") is BERLIN
+
+    def test_leap_second_zone_means_the_plain_zone(self, monkeypatch, tmp_path):
+        # Python's datetime counts no leap seconds; the right/ file's transitions would be 27 s late.
+        ZoneInfo("right/Europe/Berlin")  # Debian's tzdata has the right/ zones; without them this test cannot show anything
+        monkeypatch.setenv("TZ", "right/Europe/Berlin")
+        assert local_timezone(localtime=tmp_path / "missing") is BERLIN
+
+
+# ------------------------------------------------------------------ a cron iteration that does not advance
+
+
+@contextmanager
+def fails_after(seconds: int) -> Iterator[None]:
+    """Turn a hang into a test failure (SIGALRM interrupts the pure-Python loop)."""
+    def give_up(signum, frame):
+        raise AssertionError(f"still running after {seconds} s: the iteration does not advance")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def leap_second_libc(monkeypatch):
+    """The process's C library set to a leap-second zone (its gmtime then counts leap seconds)."""
+    ZoneInfo("right/UTC")  # Debian's tzdata has the right/ zones; without them this test cannot show anything
+    monkeypatch.setenv("TZ", "right/UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+class TestIterationAlwaysAdvances:
+    def test_leap_second_zone_next_runs(self, leap_second_libc):
+        with fails_after(20):
+            runs = next_runs(daily("30 2 * * *"), at(UTC, 2026, 11, 26, 14, 31), 3, tz=ZoneInfo("right/UTC"))
+            hourly = next_runs(daily("*/20 * * * *"), at(UTC, 2026, 11, 26, 14, 31), 3, tz=UTC)
+        assert [utc(r) for r in runs] == [at(UTC, 2026, 11, d, 2, 30) for d in (27, 28, 29)]
+        assert hourly == [at(UTC, 2026, 11, 26, 14, 40), at(UTC, 2026, 11, 26, 15, 0), at(UTC, 2026, 11, 26, 15, 20)]
+
+    def test_leap_second_zone_interval_and_previous_slots(self, leap_second_libc):
+        with fails_after(20):
+            assert interval_estimate(daily("30 2 * * *")) == timedelta(days=1)
+            assert interval_estimate(daily("*/15 * * * *")) == timedelta(minutes=15)
+            now = at(UTC, 2026, 11, 26, 14, 31)
+            assert previous_slot(daily("30 2 * * *"), now) == at(UTC, 2026, 11, 26, 2, 30)
+            assert missed_slots(daily("30 2 * * *"), at(UTC, 2026, 11, 20, 2, 30), now) == 6
+
+    @pytest.mark.parametrize("method", ["get_next", "get_prev"])
+    def test_a_stuck_cron_iterator_gives_a_clear_error(self, monkeypatch, method):
+        class StuckCroniter:
+            """Answers the same time whatever it is asked, as croniter does when its clock conversion is off."""
+
+            def __init__(self, expr, start):
+                self.answer = start.replace(second=0, microsecond=0) + timedelta(minutes=5 if method == "get_next" else -5)
+
+            def get_next(self, ret_type=None, start_time=None):
+                return self.answer
+
+            get_prev = get_next
+
+        monkeypatch.setattr(backup.schedule, "croniter", StuckCroniter)
+        now = at(UTC, 2026, 11, 26, 14, 31)
+        with fails_after(20), pytest.raises(BackupError) as err:
+            if method == "get_next":
+                next_runs(daily("30 2 * * *"), now, 3)
+            else:
+                list(backup.schedule.iter_runs_before("30 2 * * *", now))
+        assert "did not advance" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["America", "right/UTC", "right/Europe/Berlin", "/usr/share/zoneinfo/Europe/Berlin"])
+def test_schedule_commands_under_any_tz(monkeypatch, appliance, value):
+    """The real command with an enabled schedule: status and schedule show answer, none fails or hangs."""
+    monkeypatch.setenv("TZ", value)
+    set_result = run_cli("schedule", "set", "--daily", "02:30", config=appliance, timeout=20)
+    assert set_result.returncode == 0, set_result.stderr
+    for args in (("schedule", "show", "--next", "3"), ("status",)):
+        result = run_cli(*args, config=appliance, timeout=20)
+        assert result.returncode == 0, result.stderr
+    assert "02:30" in set_result.stdout
