@@ -256,10 +256,10 @@ def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
     passphrase = _passphrase(args)
     appliance = service.config.appliance
     check_operator(service.config.raw, service.config.path, args.operator)  # before asking anything
-    service.storage.stat(args.name)  # a name that is not there is said before the question, not after
     if not args.yes:
         if not sys.stdin.isatty():
             raise ConfigError("Restore replaces the appliance's state: confirm with --yes when there is no terminal to ask on.")
+        service.storage.stat(args.name)  # a name that is not there is said before the question, not after
         print(f"Restoring {args.name} replaces, on this appliance:\n"
               f"  the firmware configuration  {appliance.firmware}\n"
               f"  the system configuration    {appliance.system}\n"

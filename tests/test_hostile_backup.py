@@ -602,9 +602,11 @@ def test_dms_forms_and_refusals_through_the_command(tmp_path: Path) -> None:
         assert "Traceback" not in r.stderr
         return r
 
-    for label, counted in (("seven", 7), ("empty", 0), ("combining", 4)):
+    for label, counted in (("seven", 7), ("combining", 4)):
         r = cli("secret", "set", "--passphrase-file", files[label], config=source, code=ExitCode.USAGE)
         assert f"must be at least 8 characters long (it has {counted})." in r.stderr
+    r = cli("secret", "set", "--passphrase-file", files["empty"], config=source, code=ExitCode.USAGE)
+    assert "is empty: its first line must hold the passphrase" in r.stderr
     assert not (source.state_dir / "dms.key").exists()
     cli("secret", "set", "--passphrase-file", files["nfd"], config=source, code=0)
     name = cli("run", config=source, code=0).stdout.strip()
