@@ -1,14 +1,17 @@
-"""Comparisons the core tests share: whole trees and whole databases; authentic hand-made backups."""
+"""Comparisons the core tests share: whole trees and whole databases; authentic hand-made backups; hang guards."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import signal
 import sqlite3
 import stat
 import tarfile
 from pathlib import Path
+from typing import Iterator
 
 import zstandard
 
@@ -78,3 +81,18 @@ def sealed_backup(service, members: list[tuple[tarfile.TarInfo, bytes]]) -> str:
     writer.close()
     out.commit()
     return name
+
+
+@contextlib.contextmanager
+def fails_after(seconds: int, what: str) -> Iterator[None]:
+    """Turn a hang into a test failure: SIGALRM interrupts a pure-Python loop after `seconds`."""
+    def give_up(signum, frame):
+        raise AssertionError(f"{what} took more than {seconds} s (a hang)")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -20,13 +20,11 @@ and commit the new files it writes (or call `add_to_corpus` yourself).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import re
-import signal
 import struct
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from backup.demo import create_demo_appliance
 from backup.errors import BackupError
 from backup.service import BackupService
 from tests.conftest import FAST_KDF, PASSPHRASE
-from tests.helpers import appliance_state
+from tests.helpers import appliance_state, fails_after
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
 GROW = os.environ.get("FUZZ_GROW") == "1"
@@ -155,10 +153,10 @@ class Target:
         """Verify (and maybe restore) `mutated`; fail the test on any outcome but the allowed ones."""
         self.path.write_bytes(mutated)
         try:
-            with _no_hang():
+            with fails_after(CALL_TIMEOUT, "a reader call"):
                 result = self._call(self.service.verify)
             if restore:
-                with _no_hang():
+                with fails_after(CALL_TIMEOUT, "a reader call"):
                     restored = self._call(self.service.restore)
                 assert type(restored) is type(result), (result, restored)
                 assert appliance_state(self.config) == self.state, "the appliance changed after a restore"
@@ -174,20 +172,6 @@ class Target:
         except BackupError as exc:  # anything else propagates and fails the test with its traceback
             return exc
         return None
-
-
-@contextlib.contextmanager
-def _no_hang():
-    def expired(signum, frame):
-        raise AssertionError(f"a reader call took more than {CALL_TIMEOUT} s (a hang)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(CALL_TIMEOUT)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +231,7 @@ def test_corpus_replays(target: Target, entry: Path) -> None:
     case = json.loads(entry.read_text())
     if case["kind"] == "header":
         try:
-            with _no_hang():
+            with fails_after(CALL_TIMEOUT, "a reader call"):
                 read_header(io.BytesIO(bytes.fromhex(case["hex"])))
         except BackupError as exc:
             got = outcome(exc)
@@ -296,15 +280,15 @@ headers_checksummed = st.builds(
 def test_random_headers_are_refused_quickly(target: Target, raw: bytes, tail: bytes) -> None:
     header = None
     try:
-        with _no_hang():
+        with fails_after(CALL_TIMEOUT, "a reader call"):
             header = parse_header(raw)
     except BackupError as exc:
         result = outcome(exc)
         if GROW and len(raw) <= HEADER_LENGTH:
             add_to_corpus("header", {"hex": raw.hex()}, result)
     kek = target.service.secret.kek()
-    with _no_hang(), pytest.raises(BackupError):
+    with fails_after(CALL_TIMEOUT, "a reader call"), pytest.raises(BackupError):
         ArchiveReader(io.BytesIO(raw + tail), kek=kek).read()
     if header is not None and header.params.memory <= 8 << 20:  # a passphrase is stretched: keep it cheap
-        with _no_hang(), pytest.raises(BackupError):
+        with fails_after(CALL_TIMEOUT, "a reader call"), pytest.raises(BackupError):
             ArchiveReader(io.BytesIO(raw + tail), passphrase=PASSPHRASE).read()

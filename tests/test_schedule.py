@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import struct
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import TZPATH, ZoneInfo
@@ -37,6 +34,7 @@ from backup.schedule import (
     validate_cron,
 )
 from tests.conftest import run_cli
+from tests.helpers import fails_after
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -484,21 +482,6 @@ class TestLocalTimezone:
 # ------------------------------------------------------------------ a cron iteration that does not advance
 
 
-@contextmanager
-def fails_after(seconds: int) -> Iterator[None]:
-    """Turn a hang into a test failure (SIGALRM interrupts the pure-Python loop)."""
-    def give_up(signum, frame):
-        raise AssertionError(f"still running after {seconds} s: the iteration does not advance")
-
-    previous = signal.signal(signal.SIGALRM, give_up)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.fixture
 def leap_second_libc(monkeypatch):
     """The process's C library set to a leap-second zone (its gmtime then counts leap seconds)."""
@@ -512,14 +495,14 @@ def leap_second_libc(monkeypatch):
 
 class TestIterationAlwaysAdvances:
     def test_leap_second_zone_next_runs(self, leap_second_libc):
-        with fails_after(20):
+        with fails_after(20, "the schedule's iteration"):
             runs = next_runs(daily("30 2 * * *"), at(UTC, 2026, 11, 26, 14, 31), 3, tz=ZoneInfo("right/UTC"))
             hourly = next_runs(daily("*/20 * * * *"), at(UTC, 2026, 11, 26, 14, 31), 3, tz=UTC)
         assert [utc(r) for r in runs] == [at(UTC, 2026, 11, d, 2, 30) for d in (27, 28, 29)]
         assert hourly == [at(UTC, 2026, 11, 26, 14, 40), at(UTC, 2026, 11, 26, 15, 0), at(UTC, 2026, 11, 26, 15, 20)]
 
     def test_leap_second_zone_interval_and_previous_slots(self, leap_second_libc):
-        with fails_after(20):
+        with fails_after(20, "the schedule's iteration"):
             assert interval_estimate(daily("30 2 * * *")) == timedelta(days=1)
             assert interval_estimate(daily("*/15 * * * *")) == timedelta(minutes=15)
             now = at(UTC, 2026, 11, 26, 14, 31)
@@ -541,7 +524,7 @@ class TestIterationAlwaysAdvances:
 
         monkeypatch.setattr(backup.schedule, "croniter", StuckCroniter)
         now = at(UTC, 2026, 11, 26, 14, 31)
-        with fails_after(20), pytest.raises(BackupError) as err:
+        with fails_after(20, "the schedule's iteration"), pytest.raises(BackupError) as err:
             if method == "get_next":
                 next_runs(daily("30 2 * * *"), now, 3)
             else:
