@@ -238,6 +238,14 @@ class TestDeadServer:
                                    f"127.0.0.1:{port} does not answer (connection refused). "
                                    "Check that it is running and reachable, and that the port is right.")
 
+    def test_a_server_name_that_does_not_resolve_is_named_once(self) -> None:
+        with NfsStorage("nfs://no-such-host.invalid/export", "4.1", timeout=TIMEOUT) as storage:
+            with pytest.raises(StorageError) as info:
+                storage.list("")
+        sentence = str(info.value)
+        assert sentence.startswith("Connecting to the NFS share nfs://no-such-host.invalid:2049/export failed: ")
+        assert sentence.count("no-such-host.invalid") == 1
+
     def test_server_that_never_answers(self) -> None:
         with socket.socket() as silent:
             silent.bind(("127.0.0.1", 0))

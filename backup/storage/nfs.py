@@ -366,7 +366,8 @@ class NfsStorage:
                 "try again."
             )
         detail = f"{exc.message} ({code})" if code else str(getattr(exc, "message", exc))
-        return StorageError(f"{what} on the NFS share {self.url} failed: {detail}.")
+        where = "" if str(self.url) in what else f" on the NFS share {self.url}"  # "Connecting to the NFS share X"
+        return StorageError(f"{what}{where} failed: {detail}.")
 
     # ------------------------------------------------------------ paths
 
