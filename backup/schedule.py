@@ -313,7 +313,7 @@ def local_timezone(*, localtime: Path = _LOCALTIME) -> tzinfo:
     $TZ is read as the C library reads it, so that the schedule keeps the time
     the rest of the output shows: one leading ':' is dropped, an absolute path
     names a TZif file (`TZ=/usr/share/zoneinfo/Europe/Berlin`), anything else
-    is a zone name (`Europe/Berlin`). A leap-second zone (`right/Europe/Berlin`)
+    is a zone name (`Europe/Berlin`), and an empty TZ is UTC. A leap-second zone (`right/Europe/Berlin`)
     gives its plain zone: Python's datetime counts no leap seconds, so the plain
     zone is the wall clock it means, and zoneinfo would read the right/ file's
     transitions 27 s late (and past its leap-second table's expiry, without DST).
@@ -328,6 +328,8 @@ def local_timezone(*, localtime: Path = _LOCALTIME) -> tzinfo:
     Args:
         localtime: the system's zone file (a parameter so tests need not read the real one).
     """
+    if os.environ.get("TZ") == "":  # set but empty: UTC to the C library
+        return timezone.utc
     value = os.environ.get("TZ", "").removeprefix(":")
     if value:
         zone = _load_zone(value)

@@ -468,6 +468,10 @@ class TestLocalTimezone:
         monkeypatch.setenv("TZ", str(tmp_path / name))
         assert self.offset_and_name(local_timezone(localtime=tokyo_file)) == (timedelta(hours=9), "JST")
 
+    def test_an_empty_tz_is_utc_as_for_the_c_library(self, monkeypatch, tokyo_file):
+        monkeypatch.setenv("TZ", "")
+        assert local_timezone(localtime=tokyo_file) is UTC
+
     def test_colon_prefixed_name(self, monkeypatch, tmp_path):
         monkeypatch.setenv("TZ", ":Europe/Berlin")
         assert local_timezone(localtime=tmp_path / "missing") is BERLIN
