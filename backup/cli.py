@@ -219,7 +219,7 @@ def cmd_run(service: BackupService, args: argparse.Namespace) -> int:
 def cmd_list(service: BackupService, args: argparse.Namespace) -> int:
     backups = service.list_backups()
     if args.json:
-        print(json.dumps([{"name": b.name, "size": b.size, "created_at": b.created_at.isoformat()} for b in backups], indent=2))
+        print(_json([{"name": b.name, "size": b.size, "created_at": b.created_at.isoformat()} for b in backups]))
         return ExitCode.OK
     if not backups:
         print(f"No backups in the {service.storage.description}.", file=sys.stderr)
@@ -316,7 +316,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
 def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
     report = service.status()
     if args.json:
-        print(json.dumps(status_json(report), indent=2))
+        print(_json(status_json(report)))
         return ExitCode.OK
     print(f"Current Backup Status:          {report.state}" + (f" ({report.task})" if report.task else ""))
     if report.progress:
@@ -365,7 +365,7 @@ def cmd_secret(service: BackupService, args: argparse.Namespace) -> int:
 def cmd_prune(service: BackupService, args: argparse.Namespace) -> int:
     decisions = service.prune(dry_run=args.dry_run)
     if args.json:
-        print(json.dumps([{"name": d.name, "keep": d.keep, "reasons": d.reasons} for d in decisions], indent=2))
+        print(_json([{"name": d.name, "keep": d.keep, "reasons": d.reasons} for d in decisions]))
         return ExitCode.OK
     if service.config.retention.keeps_everything:
         print("No [retention] rule is set, so every backup is kept.")
@@ -399,8 +399,8 @@ def cmd_schedule(service: BackupService, args: argparse.Namespace) -> int:
     schedule = config.schedule
     upcoming = next_runs(schedule, service.clock(), count) if schedule.enabled else []
     if getattr(args, "json", False):
-        print(json.dumps({"enabled": schedule.enabled, "cron": schedule.cron, "description": describe_cron(schedule.cron),
-                          "next_runs": [t.isoformat() for t in upcoming]}, indent=2))
+        print(_json({"enabled": schedule.enabled, "cron": schedule.cron, "description": describe_cron(schedule.cron),
+                     "next_runs": [t.isoformat() for t in upcoming]}))
         return ExitCode.OK
     if not schedule.enabled:
         print(f"Schedule Disabled (cron {schedule.cron!r} is kept: {describe_cron(schedule.cron)})")
@@ -409,6 +409,31 @@ def cmd_schedule(service: BackupService, args: argparse.Namespace) -> int:
     for t in upcoming:
         print(f"  next: {t:%a %Y-%m-%d %H:%M %Z}")
     return ExitCode.OK
+
+
+def _json(value: Any) -> str:
+    """`value` as JSON for programs: a file name that is not UTF-8 is written as its bytes' \\xNN escapes.
+
+    Python keeps such bytes as lone surrogates, which json.dumps writes as
+    \\udcNN: valid for Python, refused by strict parsers (Go, serde, jq's).
+    """
+    def clean(item: Any) -> Any:
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                try:
+                    return item.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                except UnicodeEncodeError:  # a surrogate no file name byte makes
+                    return item.encode("utf-8", "backslashreplace").decode("utf-8")
+            return item
+        if isinstance(item, dict):
+            return {clean(k): clean(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [clean(v) for v in item]
+        return item
+
+    return json.dumps(clean(value), indent=2)
 
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

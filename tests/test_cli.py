@@ -142,6 +142,15 @@ def test_a_storage_path_that_is_a_file_is_named_so(appliance: Config, passphrase
     assert r.returncode == ExitCode.STORAGE and "is not a directory" in r.stderr
 
 
+def test_json_output_is_strict_utf8_whatever_the_file_names(appliance: Config) -> None:
+    os.close(os.open(os.fsencode(appliance.storage.path) + b"/caf\xe9.abk", os.O_CREAT | os.O_WRONLY, 0o600))
+    r = subprocess.run([str(BIN), "--config", str(appliance.path), "list", "--json"], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.decode("utf-8")  # strict: no lone surrogate was written
+    assert "\\ud" not in text
+    assert [b["name"] for b in json.loads(text)] == ["caf\\xe9.abk"]
+
+
 def test_anything_left_in_the_state_tmp_directory_is_cleared_not_fatal(appliance: Config) -> None:
     tmp = appliance.state_dir / "tmp"
     (tmp / "sub" / "deeper").mkdir(parents=True)
