@@ -203,6 +203,10 @@ class _ProgressLine:
             sys.stderr.write("\r" + " " * 79 + "\r")
 
 
+SKIPPED_SHOWN = 5
+"""Skipped entries `run` names on stderr (all are in the backup's manifest)."""
+
+
 def cmd_run(service: BackupService, args: argparse.Namespace) -> int:
     line = _ProgressLine()
     with stop_on_signals() as cancel:
@@ -211,6 +215,10 @@ def cmd_run(service: BackupService, args: argparse.Namespace) -> int:
         finally:
             line.close()
     print(result.name)
+    if result.skipped:
+        shown = ", ".join(result.skipped[:SKIPPED_SHOWN]) + (", ..." if len(result.skipped) > SKIPPED_SHOWN else "")
+        print(f"not backed up: {len(result.skipped)} fifo(s), socket(s) or device(s), which no backup holds: {shown}",
+              file=sys.stderr)
     for name in result.pruned:
         print(f"retention removed {name}", file=sys.stderr)
     return ExitCode.OK

@@ -105,6 +105,8 @@ class BackupResult:
     source_bytes: int
     pruned: list[str] = field(default_factory=list)
     """Older backups that [retention] removed after this one succeeded."""
+    skipped: list[str] = field(default_factory=list)
+    """Entries not backed up because no backup holds them: fifos, sockets, devices (the manifest lists them too)."""
 
 
 @dataclass(frozen=True)
@@ -434,7 +436,7 @@ class BackupService:
                 raise unreadable from None
         tracker.set_stage("Done")
         return BackupResult(name=name, size=out.written, duration=(self.clock() - started).total_seconds(),
-                            source_bytes=tracker.done)
+                            source_bytes=tracker.done, skipped=[n for scan in scans for n in scan.skipped])
 
     def _reserve_snapshot_file(self, name: str) -> Path:
         """Create the empty file the database snapshot goes into, in the state's tmp directory.

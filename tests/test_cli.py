@@ -151,6 +151,14 @@ def test_json_output_is_strict_utf8_whatever_the_file_names(appliance: Config) -
     assert [b["name"] for b in json.loads(text)] == ["caf\\xe9.abk"]
 
 
+def test_run_says_what_it_skipped(service: BackupService) -> None:
+    os.mkfifo(service.config.appliance.system / "control.fifo")
+    r = run_cli("run", config=service.config)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(".abk")  # stdout stays the name alone, for scripts
+    assert "not backed up: 1 fifo(s), socket(s) or device(s)" in r.stderr and "system/control.fifo" in r.stderr
+
+
 def test_anything_left_in_the_state_tmp_directory_is_cleared_not_fatal(appliance: Config) -> None:
     tmp = appliance.state_dir / "tmp"
     (tmp / "sub" / "deeper").mkdir(parents=True)
