@@ -8,6 +8,7 @@ are when the file is written back.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 import tomllib
@@ -166,8 +167,44 @@ def _line_of(text: str, section: str | None, key: str) -> int | None:
     return header
 
 
+KNOWN_KEYS: dict[str, tuple[str, ...] | None] = {
+    "appliance": ("name", "firmware", "system", "database"),
+    "state": ("dir",),
+    "storage": ("type", "path", "url", "version"),
+    "backup": ("prefix", "database_wait_seconds"),
+    "schedule": ("enabled", "cron", "max_age_hours"),
+    "retention": None,  # its own parser names unknown keys (backup/retention.py)
+    "operators": None,  # login names
+}
+"""Every table of the configuration and its keys: a mistyped key (enable = true) is named, not ignored."""
+
+
+def _refuse_unknown(raw: dict[str, Any], path: Path) -> None:
+    for section, value in raw.items():
+        if section not in KNOWN_KEYS and not isinstance(value, dict):
+            owner = next((name for name, keys in KNOWN_KEYS.items() if keys and section in keys), None)
+            hint = f" (it belongs under [{owner}])" if owner else ""
+            raise ConfigError(f"In {path}, {section} is set before any [section] header{hint}: "
+                              "move the line under the section it belongs to, or remove it.")
+        if section not in KNOWN_KEYS:
+            close = difflib.get_close_matches(section, KNOWN_KEYS, n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else ""
+            raise ConfigError(f"In {path}, [{section}] is not a section of this configuration{hint}: the sections are "
+                              + ", ".join(f"[{name}]" for name in KNOWN_KEYS) + "; fix or remove it.")
+        keys = KNOWN_KEYS[section]
+        if keys is None or not isinstance(value, dict):
+            continue
+        for key in value:
+            if key not in keys:
+                close = difflib.get_close_matches(key, keys, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"In {path}, [{section}] {key} is not a setting of [{section}]{hint}: use "
+                                  + ", ".join(keys) + ", or remove the line.")
+
+
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
     """Validate a parsed document; every error names the file, the key and the fix."""
+    _refuse_unknown(raw, path)
     reader = _Reader(raw, path)
     name = reader.string("appliance", "name")
     if not NAME_RE.fullmatch(name):

@@ -315,6 +315,12 @@ def test_failed_backup_is_reported_in_status(service: BackupService) -> None:
          '[storage]\ntype = "local"\npath = "/f/backups"\n', "[storage] path is inside [appliance] firmware"),
         ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/etc/hostname"\n',
          "which is a file, not a folder"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n'
+         '[schedule]\nenable = true\ncron = "0 2 * * *"\n', "[schedule] enable is not a setting of [schedule] (did you mean enabled?)"),
+        ('[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n'
+         '[sheduler]\nenabled = true\n', "[sheduler] is not a section of this configuration (did you mean [schedule]?)"),
+        ('prefix = "x"\n[appliance]\nname = "a"\nfirmware = "/f"\nsystem = "/s"\ndatabase = "/d"\n[state]\ndir = "/x"\n',
+         "prefix is set before any [section] header (it belongs under [backup])"),
     ],
 )
 def test_config_errors_name_the_file_and_the_key(tmp_path: Path, content: str | None, words: str) -> None:
