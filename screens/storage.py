@@ -20,7 +20,7 @@ from textual.widgets import Button, Input, Select, Static
 from backup.config import NFS_VERSIONS, Config
 from backup.errors import BackupError
 from backup.service import StatusReport
-from backup.storage.nfsurl import EXAMPLE, validate_nfs_url
+from backup.storage.nfsurl import EXAMPLE, shown_url, validate_nfs_url
 from screens.base import FormScreen
 from screens.storage_browser import BrowseLocation, StorageBrowser, local_location, nfs_location
 from tui.messages import SettingsSaved, SettingsSaveFailed
@@ -170,7 +170,7 @@ class StorageScreen(FormScreen):
         if kind == "nfs":
             self.query_one("#nfs-transport", Static).update(transport_sentence(self.nfs_version))
         chosen = {"none": "None: no backups can be written until a storage is chosen.",
-                  "nfs": f"{url or '(no URL yet)'}, NFS {self.nfs_version}",
+                  "nfs": f"{shown_url(url) if url else '(no URL yet)'}, NFS {self.nfs_version}",
                   "local": path or "(no directory yet)"}[kind]
         self.query_one("#chosen-location", Static).update(chosen)
 

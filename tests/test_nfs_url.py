@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backup.errors import StorageError
-from backup.storage.nfsurl import NfsUrl, NfsUrlError, parse_nfs_url, validate_nfs_url
+from backup.storage.nfsurl import NfsUrl, NfsUrlError, parse_nfs_url, shown_url, validate_nfs_url
 
 
 class TestAccepted:
@@ -126,11 +126,16 @@ class TestRefused:
         assert "user name" in problem("nfs://root@nas/export")
 
     @pytest.mark.parametrize("url", ["nfs://backup:S3cretPassw0rd@nas/export", "NFS://backup:S3cretPassw0rd@nas/x",
-                                     "nfs://backup:S3cretPassw0rd@@nas:99999/export", "nfs://backup:S3cretPassw0rd@"])
+                                     "nfs://backup:S3cretPassw0rd@@nas:99999/export", "nfs://backup:S3cretPassw0rd@",
+                                     "nfs://backup:S3cret?Passw0rd@nas/export", "nfs://backup:S3cret/Passw0rd@nas/export",
+                                     "nfs://backup:S3cret#Passw0rd@nas/export", "nfs://backup:S3cr\u00e9tPassw0rd@nas/e"])
     def test_a_password_typed_into_the_url_is_not_repeated(self, url: str) -> None:
-        sentence = problem(url)
-        assert "S3cretPassw0rd" not in sentence and "backup" not in sentence
-        assert "***@" in sentence
+        for shown in (problem(url), shown_url(url)):
+            assert "S3cret" not in shown and "Passw0rd" not in shown and "backup" not in shown
+            assert "***@" in shown
+
+    def test_a_valid_url_is_shown_as_typed(self) -> None:
+        assert shown_url("nfs://127.0.0.1:65535/a_b-c.d~e+f,g=h:i@j") == "nfs://127.0.0.1:65535/a_b-c.d~e+f,g=h:i@j"
 
     def test_too_long(self) -> None:
         assert "characters long" in problem("nfs://nas/" + "a/" * 600)

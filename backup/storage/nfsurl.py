@@ -64,7 +64,33 @@ def validate_nfs_url(url: str) -> str | None:
     return _parse(url)[0]
 
 
+def shown_url(url: str) -> str:
+    """`url` as a screen or a sentence may show it: a refused URL holding '@' loses all before its last '@'.
+
+    NFS URLs carry no user name, but an operator may type user:password@ into
+    one, and a password may hold '/', '?' or ':', so where the user part ends
+    cannot be told from a refused URL. A valid URL has no user part and is
+    shown as typed.
+    """
+    return url if validate_nfs_url(url) is None else _hidden(url)
+
+
+def _hidden(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if sep and "@" in rest else url
+
+
 def _parse(url: str) -> tuple[str | None, NfsUrl | None]:
+    problem, parsed = _parse_plain(url)
+    if problem is not None and "@" in url.partition("://")[2]:
+        # Any sentence about a part of the URL could quote a piece of a password: say only this.
+        problem = (f"The NFS URL {_shown(url)} is refused: it holds '@', as a user name or password would, and NFS URLs "
+                   "carry neither (what came before the last '@' is not repeated here). Write it as "
+                   "nfs://server[:port]/export/path.")
+    return problem, parsed
+
+
+def _parse_plain(url: str) -> tuple[str | None, NfsUrl | None]:
     if not isinstance(url, str) or not url.strip():
         return f"The NFS URL is empty: give the share as nfs://server[:port]/export/path, for example {EXAMPLE}.", None
     shown = _shown(url)
@@ -98,11 +124,7 @@ def _shown(url: str) -> str:
     NFS URLs carry no user name, but an operator may still type
     user:password@ into one; the sentence refusing it must not repeat it.
     """
-    scheme, sep, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    if sep and "@" in authority:
-        url = f"{scheme}{sep}***@{authority.rpartition('@')[2]}{slash}{path}"
-    text = repr(url)
+    text = repr(_hidden(url))
     return text if len(text) <= 100 else text[:96] + "...'"
 
 
