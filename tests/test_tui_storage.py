@@ -36,8 +36,8 @@ from tui_fixtures import (  # noqa: F401 - fixtures
     FAST_KDF, PASSPHRASE, config, config_with_dms, demo_template, fixed_clock, make_app, screen_text,
 )
 from widgets.backup_details import BackupDetailsView
+from widgets.storage_tree import BACKUP, Row, StorageTree
 from widgets.storage_info import StorageInfo
-from widgets.storage_tree import StorageTree
 
 SIZE = (100, 30)
 OTHER_DMS = "another appliance's secret"
@@ -203,6 +203,20 @@ class TestStorageScreen:
             await settle(pilot)
             assert "Nothing was saved: correct the fields marked above." in shown(app)
         assert config.path.read_text() == before
+
+    async def test_a_password_typed_into_the_nfs_url_is_not_shown_back(self, config):
+        app = make_app(config)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_storage_screen(pilot)
+            screen.query_one("#storage-type", Select).value = "nfs"
+            await pilot.pause()
+            await set_input(pilot, "#nfs-url", "nfs://admin:Hunter2Secret@nas.example/export/backups")
+            await pilot.pause()
+            chosen = str(screen.query_one("#chosen-location").render())
+            error = str(screen.query_one("#nfs-url-error").render())
+            assert "nfs://***@nas.example/export/backups" in chosen
+            for text in (chosen, error):
+                assert "Hunter2Secret" not in text and "admin" not in text
 
     async def test_relative_directory_is_refused(self, config):
         app = make_app(config)
@@ -623,3 +637,13 @@ class TestBackups:
             await pilot.press("escape")
             await settle(pilot)
             assert not isinstance(app.screen, StorageBrowser)
+
+
+def test_a_long_backup_name_keeps_its_distinguishing_end_on_a_narrow_screen() -> None:
+    """At 80x24 every backup of an appliance looked the same: the names were cut where they differ."""
+    names = ["demo-appliance-20261126T152418Z-3f9a1c.abk", "demo-appliance-20261126T153002Z-77b0e2.abk"]
+    lines = [StorageTree._text(Row(name, BACKUP, 383 << 20), 40) for name in names]  # its width at 80x24
+    assert all(len(line) == 40 for line in lines)
+    assert lines[0] != lines[1]
+    assert "2418Z-3f9a1c.abk" in lines[0] and "3002Z-77b0e2.abk" in lines[1]
+

@@ -6,6 +6,7 @@ Validation is backup.schedule's and backup.retention's; this widget only shows t
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -152,7 +153,7 @@ class ScheduleEditor(Vertical):
         retention_problems = []
         for key in RETENTION_KEYS:
             text = self.query_one(f"#{key}", Input).value.strip() or "0"
-            if not text.isdigit() or int(text) > MAX_KEEP:
+            if not re.fullmatch(r"[0-9]+", text) or int(text) > MAX_KEEP:  # str.isdigit() takes '²' and '١'; int() not all
                 retention_problems.append(
                     f"Keep {RETENTION_LABELS[key]} must be a whole number from 0 to {MAX_KEEP}, not {text!r}.")
                 continue

@@ -332,7 +332,10 @@ class StorageTree(ScrollView, can_focus=True):
         name = row.name + ("/" if row.is_dir and not row.is_up else "")
         room = max(1, width - 6 - len(size))
         if len(name) > room:
-            name = name[: max(1, room - 3)] + "..."
+            # Cut in the middle, keeping more of the end: backup names differ by the time and suffix they end with.
+            keep = max(2, room - 3)
+            head = max(1, keep // 4)
+            name = name[:head] + "..." + name[len(name) - (keep - head):]
         left = f" {icon(row)} {name}"
         return (left + " " * max(1, width - len(left) - len(size) - 1) + size + " ")[:width]
 
