@@ -263,13 +263,15 @@ def _refuse_overlaps(reader: "_Reader", appliance: ApplianceConfig, state_dir: P
     beside it: a state directory, database, storage or second component at
     or inside one was carried off with it (restores failed half way, or
     emptied the storage), and backups inside a component held every earlier
-    backup. Links are followed.
+    backup. Links are followed, except in the storage path.
     """
-    places = [(("appliance", "firmware"), appliance.firmware), (("appliance", "system"), appliance.system),
-              (("appliance", "database"), appliance.database), (("state", "dir"), state_dir)]
+    real = [(where, path.resolve()) for where, path in (
+        (("appliance", "firmware"), appliance.firmware), (("appliance", "system"), appliance.system),
+        (("appliance", "database"), appliance.database), (("state", "dir"), state_dir))]
     if storage.type == "local" and storage.path is not None:
-        places.append((("storage", "path"), storage.path))
-    real = [(where, path.resolve()) for where, path in places]
+        # Compared as written, not resolved: a storage on a mounted share that stopped answering would
+        # hang the lookup, and with it every command, even status.
+        real.append((("storage", "path"), Path(os.path.normpath(storage.path))))
     for component_where, component in real[:2]:
         for where, path in real:
             if where != component_where and (path == component or component in path.parents):
