@@ -33,9 +33,9 @@ NFS_VERSIONS = ("4", "4.1", "4.2")
 PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 DEFAULT_DATABASE_WAIT = 30.0
+"""Seconds a backup waits for another program's write lock on the internal database (SQLite's busy timeout)."""
 MAX_AGE_HOURS = 87_840
 """[schedule] max_age_hours at most ten years: anything more is no warning, and inf broke the status."""
-"""Seconds a backup waits for another program's write lock on the internal database (SQLite's busy timeout)."""
 TABLE_LINE = re.compile(r"\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 POSITION = re.compile(r"^In (?P<path>.+?), (?:\[(?P<section>[^\]]+)\] (?P<key>[A-Za-z0-9_-]+)|(?P<table>[A-Za-z0-9_-]+) must be a table)")
 
