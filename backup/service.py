@@ -677,9 +677,8 @@ class BackupService:
 
     def _restore(self, name: str, passphrase: str | None, progress: ProgressCallback | None,
                  cancel: threading.Event | None, run_id: str) -> RestoreResult:
-        live = self._restore_targets()
         paths = self._restore_paths(run_id)
-        targets = {"firmware": live["firmware"], "system": live["system"]}
+        targets = {"firmware": paths["firmware"], "system": paths["system"]}
         stages = {c: paths[f"{c}.stage"] for c in targets}
         db_stage = paths["database.stage"]
         tracker = Tracker("restore", progress, cancel)
@@ -699,7 +698,7 @@ class BackupService:
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                raise BackupError(f"The appliance's disk is full ({live['database'].parent}): a restore first "
+                raise BackupError(f"The appliance's disk is full ({paths['database'].parent}): a restore first "
                                   "writes the whole backed-up state beside the current one. Nothing was changed; "
                                   "free space there and try again.") from None
             problem = database.opens(db_stage)
@@ -719,25 +718,22 @@ class BackupService:
         tracker.set_stage("Done")
         return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files)
 
-    def _restore_targets(self) -> dict[str, Path]:
-        """What a restore replaces: the configured paths with links resolved.
+    def _restore_paths(self, run_id: str) -> dict[str, Path]:
+        """Every path a restore touches; "firmware", "system" and "database" are what it replaces.
 
-        A configured directory or database reached through a link is restored
-        where the link leads; the link itself stays (renaming the staged copy
-        over it would leave the real one untouched).
+        Those are the configured paths with links resolved: a configured
+        directory or database reached through a link is restored where the
+        link leads and the link itself stays (renaming the staged copy over it
+        would leave the real one untouched). Stages sit beside them.
         """
         appliance = self.config.appliance
-        return {"firmware": appliance.firmware.resolve(), "system": appliance.system.resolve(),
-                "database": appliance.database.resolve()}
-
-    def _restore_paths(self, run_id: str) -> dict[str, Path]:
-        live = self._restore_targets()
-        paths = {}
+        paths = {"firmware": appliance.firmware.resolve(), "system": appliance.system.resolve(),
+                 "database": appliance.database.resolve()}
         for component in ("firmware", "system"):
-            target = live[component]
+            target = paths[component]
             paths[f"{component}.stage"] = target.parent / f".{target.name}.restore-{run_id}"
             paths[f"{component}.old"] = target.parent / f".{target.name}.pre-restore-{run_id}"
-        db = live["database"]
+        db = paths["database"]
         paths["database.stage"] = db.parent / f".{db.name}.restore-{run_id}"
         paths["database.old"] = db.parent / f".{db.name}.pre-restore-{run_id}"
         paths["rollback"] = self.state_dir / "rollback" / run_id
@@ -753,7 +749,7 @@ class BackupService:
         """
         paths = self._restore_paths(run_id)
         rollback_dir = paths["rollback"]
-        self._note_database_mode(rollback_dir)
+        self._note_database_mode(paths)
         _write_phase(rollback_dir, "swapping")
         try:
             for component, target in targets.items():
@@ -761,7 +757,7 @@ class BackupService:
                     os.rename(target, paths[f"{component}.old"])
                 os.rename(stages[component], target)
                 fsync_dir(target.parent)
-            database.replace(db_stage, self._restore_targets()["database"], keep=paths["database.old"])
+            database.replace(db_stage, paths["database"], keep=paths["database.old"])
         except BaseException as exc:
             self._undo_swap(run_id)
             if isinstance(exc, (KeyboardInterrupt, InterruptedRunError)):
@@ -772,23 +768,23 @@ class BackupService:
         self._keep_old_state(run_id)
         return rollback_dir
 
-    def _note_database_mode(self, rollback_dir: Path) -> None:
+    @staticmethod
+    def _note_database_mode(paths: dict[str, Path]) -> None:
         """Record, before a swap, that the live database is in WAL mode, for _undo_swap to put it back so."""
-        if database.in_wal_mode(self._restore_targets()["database"]):
-            atomic_write_text(rollback_dir / WAL_NOTE, "wal\n", mode=0o600)
+        if database.in_wal_mode(paths["database"]):
+            atomic_write_text(paths["rollback"] / WAL_NOTE, "wal\n", mode=0o600)
 
     def _undo_swap(self, run_id: str) -> None:
         paths = self._restore_paths(run_id)
-        live = self._restore_targets()
         for component in ("firmware", "system"):
-            target = live[component]
+            target = paths[component]
             old = paths[f"{component}.old"]
             if old.exists():
                 if target.exists():
                     shutil.rmtree(target)
                 os.rename(old, target)
                 fsync_dir(target.parent)
-        old_db, live_db = paths["database.old"], live["database"]
+        old_db, live_db = paths["database.old"], paths["database"]
         if old_db.exists():
             if live_db.exists() and os.path.samefile(old_db, live_db):
                 old_db.unlink()  # kept, but the swap stopped before the database was replaced

@@ -310,7 +310,7 @@ def _crash_mid_swap(service: BackupService, name: str, phase: str, database_step
     live = service.config.appliance.database
     paths["rollback"].mkdir(parents=True)
     assert database.in_wal_mode(live)  # the demo appliance's, as a real one's
-    service._note_database_mode(paths["rollback"])
+    service._note_database_mode(paths)
     (paths["rollback"] / "PHASE").write_text(phase + "\n")
     fw = service.config.appliance.firmware
     os.rename(fw, paths["firmware.old"])
