@@ -360,14 +360,7 @@ def _alone(live: Path) -> Iterator[sqlite3.Connection | None]:
 
 def in_wal_mode(path: Path) -> bool:
     """Whether the database file `path` is in WAL mode (False when it does not exist or open)."""
-    try:
-        con = sqlite3.connect(existing(path), uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        try:
-            return con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return False
+    return _journal_mode(path) == "wal"
 
 
 def put_back_in_wal_mode(live: Path) -> None:
@@ -378,14 +371,19 @@ def put_back_in_wal_mode(live: Path) -> None:
     cannot switch it now (another connection's lock beyond the busy
     timeout), it stays as it is.
     """
+    _journal_mode(live, "WAL")
+
+
+def _journal_mode(path: Path, new: str | None = None) -> str | None:
+    """The database's journal mode after setting it to `new` (if given); None when it does not open."""
     try:
-        con = sqlite3.connect(existing(live), uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        con = sqlite3.connect(existing(path), uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
-            con.execute("PRAGMA journal_mode=WAL")
+            return con.execute("PRAGMA journal_mode" + (f"={new}" if new else "")).fetchone()[0]
         finally:
             con.close()
     except sqlite3.Error:
-        pass
+        return None
 
 
 def restore_into(staged: Path, live: Path) -> None:
