@@ -369,6 +369,27 @@ class TestIntervalEstimate:
     def test_disabled(self):
         assert interval_estimate(Schedule(False)) == timedelta(0)
 
+    @settings(max_examples=40, deadline=None)
+    @given(minute=st.sampled_from(["0", "30", "5,50", "*/20"]),
+           hour=st.sampled_from(["2", "0,23", "*/8", "9-11"]),
+           day=st.sampled_from(["*", "1", "13", "1-31", "*/2", "28-31", "29"]),
+           month=st.sampled_from(["*", "2", "1,7", "*/5", "jan-mar"]),
+           weekday=st.sampled_from(["*", "1", "0-6", "5", "mon-fri", "sat,sun"]))
+    def test_fields_agree_with_stepping_the_parser(self, minute, hour, day, month, weekday):
+        """The analytic gap equals the longest gap between the runs the cron parser steps through."""
+        cron = f"{minute} {hour} {day} {month} {weekday}"
+        days = 200
+        start = datetime(2001, 1, 1, tzinfo=timezone.utc)
+        end = start + timedelta(days=days + 1)
+        runs = []
+        for run in backup.schedule.iter_runs(cron, start - timedelta(minutes=1)):
+            if run >= end:
+                break
+            runs.append(run)
+        stepped = max((b - a for a, b in zip(runs, runs[1:])), default=timedelta(0))
+        if len(runs) > 1:
+            assert backup.schedule._longest_gap(cron, days) == stepped
+
 
 class TestJournalSlots:
     def test_detail_round_trip(self):
