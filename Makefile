@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-appliance
 # Debian packages the tests and benchmarks drive for real.
-APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs
-APT_COMMANDS := tmux zstd age ganesha.nfsd
+APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs mariadb-server mariadb-client mariadb-backup galera-4 rsync
+APT_COMMANDS := tmux zstd age ganesha.nfsd mariadbd mariadb mariadb-install-db mariadb-backup mbstream rsync
+APT_FILES := /usr/lib/galera/libgalera_smm.so
 PYTEST_ARGS ?=
 
 .PHONY: all venv sysdeps test demo bench clean
@@ -25,7 +26,8 @@ venv: $(STAMP)
 	@$(PY) -m compileall -q backup tui screens widgets
 
 sysdeps:
-	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	@missing=""; for c in $(APT_COMMANDS); do PATH="$$PATH:/usr/sbin" command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	for f in $(APT_FILES); do [ -e $$f ] || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages (missing:$$missing)"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -14,7 +14,7 @@ from backup.config import Config, load_config
 from backup.demo import create_demo_appliance
 from backup.service import BackupService
 
-pytest_plugins = ["tests.nfs_server"]
+pytest_plugins = ["tests.nfs_server", "tests.mariadb_server"]
 
 # Small scrypt parameters keep tests fast; the format and code path are the same.
 FAST_KDF = ScryptParams(log2_n=10, r=8, p=1)
