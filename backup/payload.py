@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import stat
 import struct
 import tarfile
@@ -58,6 +59,19 @@ MAX_CHECKSUMS = 64 << 20
 MAX_EXTENDED_HEADER = 1 << 20
 EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                     tarfile.GNUTYPE_LONGLINK)
+XATTR_RECORD = "SCHILY.xattr."
+"""The pax keyword prefix of an extended attribute (GNU tar's and libarchive's convention, docs/FORMAT.md P.6)."""
+XATTR_NAMESPACES = (b"user.", b"security.", b"trusted.")
+POSIX_ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
+"""POSIX ACLs travel as these attributes, in Linux's binary form; no other system.* attribute is carried."""
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+"""Linux's limits on one attribute's name and value (limits.h)."""
+_ACL_TAGS = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20)
+"""ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER."""
+_ACL = struct.Struct("<HHI")
+_NOT_AN_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
 @dataclass(frozen=True)
@@ -248,10 +262,13 @@ class PayloadWriter:
         info.uid, info.gid = entry.uid, entry.gid
         if entry.kind == "dir":
             info.type = tarfile.DIRTYPE
+            # A component's root may be reached through a link (scan_directory follows it): its folder's own.
+            info.pax_headers = xattr_records(entry.path, follow_symlinks="/" not in entry.arcname)
             self._header(info)
         elif entry.kind == "symlink":
             info.type = tarfile.SYMTYPE
             info.linkname = entry.link
+            info.pax_headers = xattr_records(entry.path)
             self._header(info)
         else:
             self._add_source_file(entry.arcname, entry.path, info)
@@ -283,6 +300,7 @@ class PayloadWriter:
                     return
                 info.mode, info.mtime = stat.S_IMODE(before.st_mode), int(before.st_mtime)
                 info.uid, info.gid = before.st_uid, before.st_gid
+                info.pax_headers = xattr_records(fd)  # a change to them changes ctime: read again then
                 if before.st_size > SMALL_FILE:
                     self._stream(arcname, lambda n: os.read(fd, n), before.st_size, info, path)
                     if not _unchanged(before, os.fstat(fd)):
@@ -387,7 +405,12 @@ class PayloadWriter:
         self._pad(len(data))
 
     def _header(self, info: tarfile.TarInfo) -> None:
-        self._write(tar_header(info))
+        header = tar_header(info)
+        if len(header) > MAX_EXTENDED_HEADER:  # a reader refuses a longer one: no backup it could not restore
+            raise BackupError(f"{info.name} has more extended attributes than a backup can hold "
+                              f"({len(header) >> 10} KiB of them, at most {MAX_EXTENDED_HEADER >> 10} KiB): "
+                              "remove the ones the appliance does not need.")
+        self._write(header)
 
     def _pad(self, size: int) -> None:
         rest = size % BLOCK
@@ -410,6 +433,50 @@ def _read_up_to(fd: int, limit: int) -> bytes:
             break
         data += more
     return data
+
+
+def xattr_records(target: int | Path, *, follow_symlinks: bool = False) -> dict[str, str]:
+    """The pax records of a file's extended attributes and POSIX ACLs (docs/FORMAT.md P.6), sorted by name.
+
+    `target` is an open descriptor or a path (a link itself unless
+    `follow_symlinks`). Only the namespaces a restore can set are read: user.*, security.*,
+    trusted.* (listed to root alone) and the two POSIX ACLs. A filesystem
+    without extended attributes has none; one removed meanwhile is left out.
+    """
+    path_or_fd: Any = target if isinstance(target, int) else os.fspath(target)
+    follow = {} if isinstance(target, int) else {"follow_symlinks": follow_symlinks}
+    try:
+        names = os.listxattr(path_or_fd, **follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    records = {}
+    for name in sorted(names):
+        raw = os.fsencode(name)
+        if not (raw in POSIX_ACLS or raw.startswith(XATTR_NAMESPACES)):
+            continue
+        try:
+            value = os.getxattr(path_or_fd, name, **follow)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                continue
+            raise
+        records[XATTR_RECORD + _escape_xattr_name(name)] = value.decode("utf-8", "surrogateescape")
+    return records
+
+
+def _escape_xattr_name(name: str) -> str:
+    """The name as a pax keyword: '%' and '=' (as GNU tar does) and bytes that are not UTF-8 as %XX."""
+    if name.isascii() and "%" not in name and "=" not in name:
+        return name
+    out = []
+    for char in name:
+        if char in "%=" or "\udc80" <= char <= "\udcff":
+            out.append("%%%02X" % (ord(char) & 0xFF))
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 _USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12x")
@@ -542,6 +609,56 @@ def check_not_through_a_link(links: set[tuple[str, PurePosixPath]], component: s
                                  f"({component}/{inner}); restore refused.")
 
 
+def member_xattrs(member: tarfile.TarInfo) -> dict[bytes, bytes]:
+    """The extended attributes (POSIX ACLs included) a member's pax records carry, checked (docs/FORMAT.md P.6).
+
+    Raises IntegrityError for a record no writer of this format makes: a name
+    outside the namespaces a backup carries, over Linux's limits, badly
+    escaped; a value too long; an ACL that is not Linux's binary form; a
+    default ACL on anything but a folder. Other pax records are ignored.
+    """
+    if not member.pax_headers:
+        return {}
+    found = {}
+    for keyword, value in member.pax_headers.items():
+        if not keyword.startswith(XATTR_RECORD):
+            continue
+        escaped = keyword[len(XATTR_RECORD):].encode("utf-8", "surrogateescape")
+        name = _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), escaped)
+        data = value.encode("utf-8", "surrogateescape")
+        problem = _NOT_AN_ESCAPE.search(escaped) and "a '%' that starts no %XX escape in its name"
+        problem = problem or _xattr_problem(name, data, member)
+        if problem:
+            raise IntegrityError(f"The backup holds a malformed extended attribute record for {member.name!r} "
+                                 f"({problem}); a writer of this format never makes one: do not restore it.")
+        found[name] = data
+    return found
+
+
+def _xattr_problem(name: bytes, value: bytes, member: tarfile.TarInfo) -> str | None:
+    if not name or b"\0" in name or len(name) > XATTR_NAME_MAX:
+        return f"its name is empty, holds a NUL or is longer than {XATTR_NAME_MAX} bytes"
+    if len(value) > XATTR_SIZE_MAX:
+        return f"its value is longer than {XATTR_SIZE_MAX} bytes"
+    if name in POSIX_ACLS:
+        if name == POSIX_ACLS[1] and not member.isdir():
+            return "a default ACL on something that is not a folder"
+        return _acl_problem(value)
+    if not any(name.startswith(space) and len(name) > len(space) for space in XATTR_NAMESPACES):
+        return f"{name!r} is in no namespace a backup carries (user., security., trusted., the POSIX ACLs)"
+    return None
+
+
+def _acl_problem(value: bytes) -> str | None:
+    """Whether `value` is a POSIX ACL in Linux's binary form: version 2, then (tag, permissions, id) entries."""
+    if len(value) < 4 + _ACL.size or (len(value) - 4) % _ACL.size or value[:4] != struct.pack("<I", 2):
+        return "its ACL is not version 2 with whole 8-byte entries"
+    for tag, perm, _ in _ACL.iter_unpack(value[4:]):
+        if tag not in _ACL_TAGS or perm > 7:
+            return f"its ACL has an entry with tag {tag:#x} and permissions {perm:#o}"
+    return None
+
+
 def _root_as_directory(member: tarfile.TarInfo) -> tarfile.TarInfo:
     """A component's root stored as a link: the folder it stood for.
 
@@ -601,6 +718,7 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
             component, inner = safe_member_path(member.name)
             if member.issym() and str(inner) == ".":
                 member = _root_as_directory(member)
+            member_xattrs(member)  # checked here: deep verify refuses what a restore would
             check_not_through_a_link(links, component, inner)
             if member.isdir():
                 consumer.directory(component, inner, member)

@@ -85,6 +85,8 @@ class _Run:
     id: str
     size: int | None = None
     """Bytes written, journalled when the run ends well."""
+    warning: str | None = None
+    """Journalled with a run that ended well but not in full."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ class RestoreResult:
     rollback_dir: Path
     """Where the replaced state was kept."""
     files: int
+    warnings: list[str] = field(default_factory=list)
+    """Files that came back without extended attributes the filesystem or user refused: one line each."""
 
 
 @dataclass(frozen=True)
@@ -273,7 +277,7 @@ class BackupService:
         except BaseException as exc:
             self.journal.end(run.id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
             raise
-        self.journal.end(run.id, "ok", now=self.clock(), name=name, size=run.size)
+        self.journal.end(run.id, "ok", now=self.clock(), name=name, size=run.size, warning=run.warning)
 
     # ------------------------------------------------------------ status
 
@@ -673,7 +677,9 @@ class BackupService:
             with self._journalled("restore", name=name, now=started) as run, \
                     shutdown_inhibitor("Restore in progress") as inhibitor:
                 publish = self._progress_publisher(progress, inhibitor=inhibitor.status_line)
-                return self._restore(name, passphrase, publish, cancel, run.id)
+                result = self._restore(name, passphrase, publish, cancel, run.id)
+                run.warning = refused_attributes_sentence(result.warnings)
+                return result
 
     def _restore(self, name: str, passphrase: str | None, progress: ProgressCallback | None,
                  cancel: threading.Event | None, run_id: str) -> RestoreResult:
@@ -716,7 +722,8 @@ class BackupService:
                 shutil.rmtree(stage, ignore_errors=True)
             db_stage.unlink(missing_ok=True)
         tracker.set_stage("Done")
-        return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files)
+        return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files,
+                             warnings=consumer.refused_attributes())
 
     def _restore_paths(self, run_id: str) -> dict[str, Path]:
         """Every path a restore touches; "firmware", "system" and "database" are what it replaces.
@@ -824,6 +831,23 @@ class BackupService:
         paths["database.stage"].unlink(missing_ok=True)
         old_db = paths["database.old"]
         old_db.with_name(old_db.name + ".partial").unlink(missing_ok=True)  # a copy replace() had begun
+
+
+REFUSED_SHOWN = 20
+
+
+def refused_attributes_sentence(warnings: list[str], *, listed: bool = True) -> str | None:
+    """What a restore could not set (RestoreResult.warnings) in one sentence, naming the files if `listed`."""
+    if not warnings:
+        return None
+    sentence = (f"{len(warnings)} restored file(s) lack extended attributes that this filesystem or user could not "
+                "set; everything else was restored (restore as root onto a filesystem that supports them to have "
+                "them too)")
+    if not listed:
+        return sentence + "."
+    shown = "; ".join(warnings[:REFUSED_SHOWN]) + (f"; and {len(warnings) - REFUSED_SHOWN} more"
+                                                   if len(warnings) > REFUSED_SHOWN else "")
+    return f"{sentence}: {shown}."
 
 
 def _unlink_later(path: Path) -> None:
