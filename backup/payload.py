@@ -140,8 +140,15 @@ def _entry(arcname: str, path: Path, st: os.stat_result) -> SourceEntry:
                        mtime=st.st_mtime, uid=st.st_uid, gid=st.st_gid, link=link)
 
 
+def database_was_in_wal_mode(manifest: dict) -> bool:
+    """Whether the manifest records the backed-up database in WAL mode (older backups record no mode)."""
+    components = manifest.get("components")
+    return isinstance(components, list) and any(
+        isinstance(c, dict) and c.get("name") == "database" and c.get("journal_mode") == "wal" for c in components)
+
+
 def build_manifest(*, appliance: str, software_version: str, created_at: str, scans: list[ComponentScan],
-                   database_bytes: int, database_source: str) -> dict:
+                   database_bytes: int, database_source: str, database_journal_mode: str | None = None) -> dict:
     components = []
     for s in scans:
         component = {"name": s.name, "kind": "directory", "source": str(s.source), "files": s.files, "bytes": s.bytes,
@@ -151,6 +158,8 @@ def build_manifest(*, appliance: str, software_version: str, created_at: str, sc
         components.append(component)
     components.append({"name": "database", "kind": "sqlite", "source": database_source, "files": 1,
                        "bytes": database_bytes, "skipped": []})
+    if database_journal_mode is not None:
+        components[-1]["journal_mode"] = database_journal_mode
     return {
         "format": "appliance-backup manifest",
         "version": 1,

@@ -52,6 +52,7 @@ from backup.payload import (
     MANIFEST_NAME,
     PayloadWriter,
     build_manifest,
+    database_was_in_wal_mode,
     read_manifest,
     scan_directory,
     walk_payload,
@@ -401,6 +402,7 @@ class BackupService:
             manifest = build_manifest(
                 appliance=appliance.name, software_version=__version__, created_at=started.isoformat(),
                 scans=scans, database_bytes=db_size, database_source=str(appliance.database),
+                database_journal_mode=database.journal_mode(appliance.database),
             )
             tracker.total = manifest["total_bytes"]
             out = None
@@ -710,6 +712,8 @@ class BackupService:
             problem = database.opens(db_stage)
             if problem:
                 raise IntegrityError(f"The database in the backup does not open ({problem}); nothing was changed.")
+            if database_was_in_wal_mode(summary.manifest):
+                database.keep_wal_mode(db_stage)
             tracker.set_stage("Replacing the appliance's state")
             swapping = True
             rollback_dir = self._swap_in(targets, stages, db_stage, run_id)

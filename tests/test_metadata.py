@@ -1,4 +1,4 @@
-"""Restored metadata: extended attributes and POSIX ACLs, setuid, setgid and sticky bits.
+"""Restored metadata: extended attributes and POSIX ACLs, setuid, setgid and sticky bits, the database's WAL mode.
 
 Every test runs on the real filesystem under the test's tmp_path (ext4 here, as root: it takes user.*,
 trusted.*, security.* and POSIX ACLs) and, where a refusal is the point, as an unprivileged user.
@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import struct
 import subprocess
 import tarfile
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from backup import database
 from backup.archive import ArchiveReader
 from backup.cli import ExitCode
 from backup.config import load_config
@@ -27,7 +29,7 @@ from backup.errors import IntegrityError
 from backup.payload import decompressed
 from backup.service import BackupService
 from tests.conftest import BIN, FAST_KDF, PASSPHRASE
-from tests.helpers import appliance_state, mutate_appliance, sealed_backup
+from tests.helpers import appliance_state, db_rows, mutate_appliance, sealed_backup
 
 # Linux's POSIX ACL in its extended-attribute form (include/uapi/linux/posix_acl_xattr.h).
 USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -222,6 +224,53 @@ def test_an_unprivileged_restore_widens_nothing_and_names_what_it_could_not_set(
     assert "trusted.root-only" in done.stdout
     restore = [r for r in service.journal.runs() if r.kind == "restore"][-1]
     assert restore.result == "ok" and "firmware/capable" in restore.warning
+
+
+# ------------------------------------------------------------ the database's journal mode
+
+
+@pytest.mark.parametrize("read_while_backing_up", [False, True])
+def test_a_wal_database_restored_where_none_existed_is_in_wal_mode(service: BackupService,
+                                                                    read_while_backing_up: bool) -> None:
+    live = service.config.appliance.database
+    assert database.in_wal_mode(live)
+    rows = db_rows(live)
+    reader = None
+    if read_while_backing_up:  # the file cannot be frozen: a snapshot copy is backed up
+        reader = sqlite3.connect(live, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    try:
+        name = service.run_backup().name
+    finally:
+        if reader is not None:
+            reader.close()
+    live.unlink()
+    service.restore(name)
+    assert database.in_wal_mode(live)
+    assert db_rows(live) == rows
+    assert not [p.name for p in live.parent.iterdir() if p.name.startswith(".") and "restore-" in p.name]
+    # And with the appliance's services still holding it, the same backup is written into it as before.
+    holder = sqlite3.connect(live)
+    holder.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    try:
+        service.restore(name)
+    finally:
+        holder.close()
+    assert database.in_wal_mode(live) and db_rows(live) == rows
+
+
+def test_a_rollback_journal_database_restored_where_none_existed_stays_so(service: BackupService) -> None:
+    live = service.config.appliance.database
+    con = sqlite3.connect(live)
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.close()
+    name = service.run_backup().name
+    live.unlink()
+    service.restore(name)
+    assert not database.in_wal_mode(live)
+    manifest = service.details(name).manifest
+    assert [c.get("journal_mode") for c in manifest["components"]] == [None, None, "rollback"]
 
 
 # ------------------------------------------------------------ what a reader checks
