@@ -385,6 +385,8 @@ class BackupService:
         tracker = Tracker("backup", self._progress_publisher(progress, inhibitor=inhibitor), cancel)
         tracker.set_stage("Opening the internal database")
         _wait_for_database(appliance.database, self.config.database_wait)
+        # Read before frozen() connects: closing another descriptor of the file would drop its locks.
+        journal_mode = database.journal_mode(appliance.database)
         with ExitStack() as cleanup:
             frozen_size = cleanup.enter_context(database.frozen(appliance.database))
             if frozen_size is not None:
@@ -402,7 +404,7 @@ class BackupService:
             manifest = build_manifest(
                 appliance=appliance.name, software_version=__version__, created_at=started.isoformat(),
                 scans=scans, database_bytes=db_size, database_source=str(appliance.database),
-                database_journal_mode=database.journal_mode(appliance.database),
+                database_journal_mode=journal_mode,
             )
             tracker.total = manifest["total_bytes"]
             out = None
