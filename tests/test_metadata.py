@@ -132,10 +132,15 @@ def test_a_backup_without_attribute_records_restores_as_before(service: BackupSe
 
 
 def test_gnu_tar_reads_the_attribute_records(service: BackupService, tmp_path: Path) -> None:
-    """The records are GNU tar's and libarchive's SCHILY.xattr convention: tar --xattrs restores them unaided."""
+    """The records are GNU tar's and libarchive's SCHILY.xattr convention: tar --xattrs restores them unaided.
+
+    (Not the ACLs: GNU tar takes those from its own SCHILY.acl.* text records only; docs/FORMAT.md P.6.)
+    """
     firmware = service.config.appliance.firmware
     (firmware / "plain.conf").write_text("x\n")
     os.setxattr(firmware / "plain.conf", "user.note", "a UTF-8 note ✓".encode())
+    os.setxattr(firmware / "plain.conf", "user.binary", BINARY_VALUE)
+    os.setxattr(firmware / "plain.conf", "user.a=b%41c", b"escaped as GNU tar does")
     os.setxattr(firmware / "plain.conf", "security.capability", CAP_NET_BIND_SERVICE)
     name = service.run_backup().name
     with service._open(name) as source:
