@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backup import database
 from backup.archive import ArchiveReader
@@ -26,7 +28,7 @@ from backup.cli import ExitCode
 from backup.config import load_config
 from backup.demo import create_demo_appliance
 from backup.errors import IntegrityError
-from backup.payload import decompressed
+from backup.payload import decompressed, member_xattrs, open_tar_stream, tar_header, xattr_records
 from backup.service import BackupService
 from tests.conftest import BIN, FAST_KDF, PASSPHRASE
 from tests.helpers import appliance_state, db_rows, mutate_appliance, sealed_backup
@@ -347,3 +349,19 @@ def test_deep_verify_and_restore_refuse_malformed_attribute_records(service: Bac
     with pytest.raises(IntegrityError, match="extended attribute"):
         service.restore(name)
     assert appliance_state(service.config) == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=st.lists(st.binary(min_size=1, max_size=250).filter(lambda b: b"\0" not in b), min_size=1, max_size=4,
+                      unique=True),
+       values=st.lists(st.binary(max_size=300), min_size=4, max_size=4))
+def test_any_name_and_value_survive_the_pax_records_byte_for_byte(names: list[bytes], values: list[bytes]) -> None:
+    """Any attribute the kernel takes (a name of any bytes but NUL) is read, written and read back exactly."""
+    expected = {b"user." + name: value for name, value in zip(names, values)}
+    with tempfile.NamedTemporaryFile() as f:
+        for name, value in expected.items():
+            os.setxattr(f.name, name, value)
+        info = tarfile.TarInfo("firmware/f")
+        info.pax_headers = xattr_records(f.fileno())
+    member = open_tar_stream(io.BytesIO(tar_header(info) + b"\0" * 1024)).next()
+    assert member_xattrs(member) == expected
