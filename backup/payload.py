@@ -450,14 +450,15 @@ def xattr_records(target: int | Path, *, follow_symlinks: bool = False) -> dict[
     `target` is an open descriptor or a path (a link itself unless
     `follow_symlinks`). Only the namespaces a restore can set are read: user.*, security.*,
     trusted.* (listed to root alone) and the two POSIX ACLs. A filesystem
-    without extended attributes has none; one removed meanwhile is left out.
+    without extended attributes has none; one removed meanwhile is left out,
+    and so are those of an entry removed since the scan (it is stored as scanned).
     """
     path_or_fd: Any = target if isinstance(target, int) else os.fspath(target)
     follow = {} if isinstance(target, int) else {"follow_symlinks": follow_symlinks}
     try:
         names = os.listxattr(path_or_fd, **follow)
     except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT, errno.ENOTDIR):
             return {}
         raise
     records = {}
@@ -468,7 +469,7 @@ def xattr_records(target: int | Path, *, follow_symlinks: bool = False) -> dict[
         try:
             value = os.getxattr(path_or_fd, name, **follow)
         except OSError as exc:
-            if exc.errno == errno.ENODATA:
+            if exc.errno in (errno.ENODATA, errno.ENOENT, errno.ENOTDIR):
                 continue
             raise
         records[XATTR_RECORD + _escape_xattr_name(name)] = value.decode("utf-8", "surrogateescape")

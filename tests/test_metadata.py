@@ -28,7 +28,9 @@ from backup.cli import ExitCode
 from backup.config import load_config
 from backup.demo import create_demo_appliance
 from backup.errors import IntegrityError
-from backup.payload import decompressed, member_xattrs, open_tar_stream, tar_header, xattr_records
+from backup.payload import (PayloadWriter, decompressed, member_xattrs, open_tar_stream, scan_directory, tar_header,
+                            xattr_records)
+from backup.progress import Tracker
 from backup.service import BackupService
 from tests.conftest import BIN, FAST_KDF, PASSPHRASE
 from tests.helpers import appliance_state, db_rows, mutate_appliance, sealed_backup
@@ -120,6 +122,26 @@ def test_a_configured_folder_reached_through_a_link_keeps_its_own_attributes(ser
     os.removexattr(real, "user.component")
     service.restore(name)
     assert firmware.is_symlink() and xattrs(real) == before
+
+
+def test_entries_removed_after_the_scan_do_not_fail_the_backup(tmp_path: Path) -> None:
+    """Reading attributes is the writer's first touch of a folder or link: one gone since the scan is no error."""
+    root = tmp_path / "firmware"
+    (root / "gone" / "inner").mkdir(parents=True)
+    os.symlink("nowhere", root / "gone-link")
+    (root / "kept").mkdir()
+    os.setxattr(root / "kept", "user.x", b"1")
+    scan = scan_directory("firmware", root)
+    shutil.rmtree(root / "gone")
+    (root / "gone-link").unlink()
+    sink = io.BytesIO()
+    writer = PayloadWriter(sink, Tracker("backup", None, None))
+    for entry in scan.entries:
+        writer.add_entry(entry)
+    writer.close()
+    members = {m.name: m for m in open_tar_stream(decompressed(io.BytesIO(sink.getvalue())))}
+    assert member_xattrs(members["firmware/kept"]) == {b"user.x": b"1"}
+    assert "firmware/gone/inner" in members and not members["firmware/gone"].pax_headers
 
 
 def test_a_backup_without_attribute_records_restores_as_before(service: BackupService) -> None:
