@@ -462,7 +462,7 @@ def xattr_records(target: int | Path, *, follow_symlinks: bool = False) -> dict[
             return {}
         raise
     records = {}
-    for name in sorted(names):
+    for name in sorted(names, key=os.fsencode):
         raw = os.fsencode(name)
         if not (raw in POSIX_ACLS or raw.startswith(XATTR_NAMESPACES)):
             continue
