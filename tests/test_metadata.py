@@ -387,3 +387,18 @@ def test_any_name_and_value_survive_the_pax_records_byte_for_byte(names: list[by
         info.pax_headers = xattr_records(f.fileno())
     member = open_tar_stream(io.BytesIO(tar_header(info) + b"\0" * 1024)).next()
     assert member_xattrs(member) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE]),
+       records=st.dictionaries(st.text(min_size=1, max_size=40).filter(lambda t: "=" not in t and "\0" not in t),
+                               st.one_of(st.text(max_size=200), st.binary(max_size=200).map(_text)), max_size=5),
+       size=st.integers(0, 1 << 33))
+def test_the_fast_header_with_attribute_records_is_byte_for_byte_tarfiles(kind: bytes, records: dict[str, str],
+                                                                        size: int) -> None:
+    info = tarfile.TarInfo("system/some/file.conf")
+    info.type, info.mode, info.uid, info.gid, info.mtime = kind, 0o4755, 1234, 2345, 1_700_000_000
+    info.size = size if kind == tarfile.REGTYPE else 0
+    info.linkname = "target" if kind == tarfile.SYMTYPE else ""
+    info.pax_headers = {"SCHILY.xattr.user." + name: value for name, value in records.items()}
+    assert tar_header(info) == info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
