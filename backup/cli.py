@@ -28,7 +28,7 @@ from backup.progress import Progress
 from backup.schedule import Schedule, local_now, next_runs, preset_cron, validate_cron
 from backup.schedule import describe as describe_cron
 from backup.secret import read_passphrase_file, validate_passphrase
-from backup.service import BackupService, StatusReport, VerifyResult, describe
+from backup.service import BackupService, StatusReport, VerifyResult, describe, refused_attributes_sentence
 
 PROG = "appliance-backup"
 
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.FAILED)
 
 
+REFUSED_LISTED = 50
+"""Files named after a restore that could not set some of their extended attributes (a labelled system: all)."""
 STREAMING_COMMANDS = ("run", "verify", "restore")
 """One-shot commands that stream a whole backup through megabyte-sized buffers."""
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -289,6 +291,12 @@ def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
         finally:
             line.close()
     print(f"Restored {result.name} ({result.files} files). The previous state is kept in {result.rollback_dir}.")
+    if result.warnings:
+        print(f"Warning: {refused_attributes_sentence(result.warnings, listed=False)} They are:")
+        for line in result.warnings[:REFUSED_LISTED]:
+            print(f"  {line}")
+        if len(result.warnings) > REFUSED_LISTED:
+            print(f"  and {len(result.warnings) - REFUSED_LISTED} more (the journal names the first ones too)")
     return ExitCode.OK
 
 

@@ -111,6 +111,23 @@ def _with_mode(head: bytes, mode: bytes) -> bytes:
     return head[:18] + mode + head[20:]
 
 
+def journal_mode(path: Path) -> str:
+    """"wal" or "rollback": the mode the database file's header records (read without a connection or a lock)."""
+    with open(path, "rb") as f:
+        return "wal" if f.read(20)[18:20] == WAL else "rollback"
+
+
+def keep_wal_mode(staged: Path) -> None:
+    """Make a staged copy (stored in rollback-journal mode) open in WAL mode where replace() renames it in.
+
+    Where no live database exists, replace() renames the staged file in as
+    it is: without this the database the appliance ran in WAL mode would
+    come back in rollback-journal mode, and every later backup would copy
+    it under a read lock that holds the appliance's writers back.
+    """
+    _set_mode(staged, WAL)
+
+
 def _set_mode(path: Path, mode: bytes) -> None:
     """Put a closed database file into WAL or rollback-journal mode (its header alone says which), durably."""
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -277,7 +294,7 @@ def replace(staged: Path, live: Path, *, keep: Path | None) -> Replaced:
     backup API in one transaction, the way every connection sees it at once.
     Either way a crash leaves the old or the new database, never a mix.
     """
-    if not live.exists():
+    if not live.exists():  # in the journal mode its header says (see keep_wal_mode)
         os.rename(staged, live)
         fsync_dir(live.parent)
         return Replaced.RENAMED
@@ -305,6 +322,7 @@ def replace(staged: Path, live: Path, *, keep: Path | None) -> Replaced:
         snapshot(live, partial, durable=True)
         os.rename(partial, keep)
         fsync_dir(live.parent)
+    _set_mode(staged, PLAIN)  # read without a log: in WAL mode the reader would leave one beside it
     restore_into(staged, live)
     staged.unlink()
     return Replaced.COPIED

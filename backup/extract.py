@@ -13,11 +13,19 @@ filesystems as they fill (_Flusher).
 Symbolic links are made last, once every file and directory exists, so no
 member can be written through a link the backup itself brought (a chain of
 links that each stay inside their folder can still lead out of it).
+
+Extended attributes and POSIX ACLs are set on each file as it is finished,
+and on folders at the very end with their modes: a folder's default ACL set
+earlier would have given every file created inside it an ACL it never had.
+An attribute the filesystem refuses (no support for its namespace, not
+permitted to this user) is left off and named in `refused`; the restore goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tarfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +34,7 @@ from typing import BinaryIO
 
 from backup.errors import IntegrityError, UnsafeArchiveError
 from backup.fsutil import WriteBehind, sync_filesystem
-from backup.payload import PayloadConsumer, Stage
+from backup.payload import PayloadConsumer, Stage, member_xattrs
 
 WORKERS = 1
 SMALL_FILE = 256 << 10
@@ -47,6 +55,8 @@ LARGE_FILE_QUEUE = 16
 """Blocks (of up to 1 MiB) of large files that may wait for the writer thread."""
 FLUSH_INTERVAL_S = 0.5
 """While files are extracted, the staging filesystems are synced this often (see _Flusher)."""
+REFUSALS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.EINVAL, errno.E2BIG, errno.ERANGE)
+"""What setxattr says when this filesystem or this user cannot have an attribute: it is left off and named."""
 
 
 class _Buffer(bytearray):
@@ -67,8 +77,10 @@ class Extractor(PayloadConsumer):
     def __init__(self, stages: dict[str, Path], db_stage: Path) -> None:
         self.stages = stages
         self.db_stage = db_stage
-        self.dir_modes: list[tuple[Path, int, int]] = []
-        """Directories' (path, mode, mtime): set once everything inside them exists."""
+        self.dir_modes: list[tuple[Path, tarfile.TarInfo]] = []
+        """Directories and their members: mode, attributes and mtime are set once everything inside them exists."""
+        self.refused: list[tuple[str, bytes, int]] = []
+        """Extended attributes the filesystem refused: (member name, attribute name, errno)."""
         self.links: dict[Path, tarfile.TarInfo] = {}
         self.seen_db = False
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-write")  # files in archive order
@@ -104,7 +116,7 @@ class Extractor(PayloadConsumer):
         path = self._path(component, inner)
         if str(inner) != ".":
             path.mkdir(mode=0o700, exist_ok=True)
-        self.dir_modes.append((path, member.mode & 0o777, member.mtime))
+        self.dir_modes.append((path, member))
         if os.geteuid() == 0:
             _quietly(os.chown, path, member.uid, member.gid, follow_symlinks=False)
 
@@ -120,7 +132,8 @@ class Extractor(PayloadConsumer):
         self._raise_worker_error()
         if member.size <= SMALL_FILE and path != self.db_stage:
             return _Buffer(path)  # type: ignore[return-value]
-        return _LargeFile(os.open(path, OPEN_FLAGS, 0o600), self._large, self._large_fds)  # type: ignore[return-value]
+        return _LargeFile(os.open(path, OPEN_FLAGS, 0o600), self._large, self._large_fds,  # type: ignore[return-value]
+                          self.refused)
 
     def file_done(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo, handle: BinaryIO) -> None:
         if isinstance(handle, _Buffer):
@@ -147,7 +160,7 @@ class Extractor(PayloadConsumer):
                 self._room.wait()
             self._pending_bytes += size
         self._raise_worker_error()
-        future = self._pool.submit(_write_batch, batch)
+        future = self._pool.submit(_write_batch, batch, self.refused)
         future.add_done_callback(lambda f: self._done(f, size))
 
     def _done(self, future: Future, size: int) -> None:
@@ -161,6 +174,13 @@ class Extractor(PayloadConsumer):
         if self._error is not None:
             raise self._error
         self._large.raise_error()
+
+    def refused_attributes(self) -> list[str]:
+        """One line per file that came back without some of its extended attributes: which, and why."""
+        by_file: dict[str, list[str]] = {}
+        for member, name, number in sorted(self.refused):
+            by_file.setdefault(member, []).append(f"{_shown(os.fsdecode(name))} ({_REASONS.get(number, os.strerror(number))})")
+        return [f"{_shown(member)}: {', '.join(names)}" for member, names in by_file.items()]
 
     def close(self) -> None:
         """Wait for the workers (always, before the staging directories are removed); what waits is dropped."""
@@ -188,10 +208,12 @@ class Extractor(PayloadConsumer):
                                          "restore refused.") from None
             if os.geteuid() == 0:
                 _quietly(os.chown, path, member.uid, member.gid, follow_symlinks=False)
+            _set_xattrs(path, member, self.refused)
             _quietly(os.utime, path, (member.mtime, member.mtime), follow_symlinks=False)
-        for path, mode, mtime in reversed(self.dir_modes):  # the deepest first: setting one changes no other
-            os.chmod(path, mode)
-            os.utime(path, (mtime, mtime))
+        for path, member in reversed(self.dir_modes):  # the deepest first: setting one changes no other
+            os.chmod(path, _mode(member, path))
+            _set_xattrs(path, member, self.refused)
+            os.utime(path, (member.mtime, member.mtime))
         synced = set()
         for path in [*self.stages.values(), self.db_stage]:
             device = os.stat(path).st_dev
@@ -217,8 +239,9 @@ class _LargeFile:
     hour, 1.26 s against 2.70 s in a slow one).
     """
 
-    def __init__(self, fd: int, stage: Stage, open_fds: set[int]) -> None:
+    def __init__(self, fd: int, stage: Stage, open_fds: set[int], refused: list) -> None:
         self._fd = fd
+        self._refused = refused
         self._stage = stage
         self._open_fds = open_fds
         open_fds.add(fd)
@@ -238,7 +261,7 @@ class _LargeFile:
 
     def _close(self, member: tarfile.TarInfo) -> None:
         try:
-            _set_metadata(self._fd, member)
+            _set_metadata(self._fd, member, self._refused)
         finally:
             self._open_fds.discard(self._fd)
             os.close(self._fd)
@@ -274,18 +297,18 @@ class _Flusher:
         self._thread.join()
 
 
-def _write_small(path: Path, data: bytes | bytearray, member: tarfile.TarInfo) -> None:
+def _write_small(path: Path, data: bytes | bytearray, member: tarfile.TarInfo, refused: list) -> None:
     fd = os.open(path, OPEN_FLAGS, 0o600)
     try:
         _write_all(fd, data)
-        _set_metadata(fd, member)
+        _set_metadata(fd, member, refused)
     finally:
         os.close(fd)
 
 
-def _write_batch(batch: list[tuple[Path, bytes | bytearray, tarfile.TarInfo]]) -> None:
+def _write_batch(batch: list[tuple[Path, bytes | bytearray, tarfile.TarInfo]], refused: list) -> None:
     for path, data, member in batch:
-        _write_small(path, data, member)
+        _write_small(path, data, member, refused)
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
@@ -294,12 +317,58 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[os.write(fd, view):]
 
 
-def _set_metadata(fd: int, member: tarfile.TarInfo) -> None:
-    """Owner (as root), mode without setuid, setgid and sticky bits (dropped on purpose), mtime."""
+def _set_metadata(fd: int, member: tarfile.TarInfo, refused: list) -> None:
+    """Owner (as root), mode (see _mode), extended attributes, mtime: in this order.
+
+    A change of owner clears setuid, setgid and a file capability
+    (security.capability), so the mode and the attributes come after it.
+    """
     if os.geteuid() == 0:
         _quietly(os.fchown, fd, member.uid, member.gid)
-    os.fchmod(fd, member.mode & 0o777)
+    os.fchmod(fd, _mode(member, fd))
+    _set_xattrs(fd, member, refused)
     os.utime(fd, (member.mtime, member.mtime))
+
+
+def _mode(member: tarfile.TarInfo, target: int | Path) -> int:
+    """The member's mode, setuid only where the restored file has the recorded owner, setgid the recorded group.
+
+    The sticky bit only narrows who may delete in a folder: always kept. A
+    setuid or setgid file that could not be given its owner (a restore run by
+    another user than root, a filesystem that refuses the owner) would run
+    as whoever restored it instead: those bits are then dropped, never widened.
+    """
+    mode = member.mode & 0o7777
+    if mode & (stat.S_ISUID | stat.S_ISGID):
+        st = os.fstat(target) if isinstance(target, int) else os.lstat(target)
+        if st.st_uid != member.uid:
+            mode &= ~stat.S_ISUID
+        if st.st_gid != member.gid:
+            mode &= ~stat.S_ISGID
+    return mode
+
+
+def _set_xattrs(target: int | Path, member: tarfile.TarInfo, refused: list) -> None:
+    """Set the member's extended attributes; those this filesystem or user may not have go to `refused`."""
+    attributes = member_xattrs(member)
+    follow = {} if isinstance(target, int) else {"follow_symlinks": False}
+    for name, value in attributes.items():
+        try:
+            os.setxattr(target, name, value, **follow)
+        except OSError as exc:
+            if exc.errno not in REFUSALS:
+                raise
+            refused.append((member.name, name, exc.errno))
+
+
+_REASONS = {errno.EPERM: "not permitted to this user", errno.EACCES: "not permitted to this user",
+            errno.ENOTSUP: "not supported by this filesystem", errno.EINVAL: "refused as invalid here",
+            errno.E2BIG: "too large for this filesystem", errno.ERANGE: "too large for this filesystem"}
+
+
+def _shown(text: str) -> str:
+    """A name as an operator may see it: quoted with escapes when it holds control or unprintable characters."""
+    return text if text.isprintable() else repr(text)
 
 
 def _quietly(call, *args, **kwargs) -> None:

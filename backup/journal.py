@@ -41,6 +41,8 @@ class RunRecord:
     error: str | None = None
     """The sentence shown to the operator when the run did not succeed."""
     detail: str | None = None
+    warning: str | None = None
+    """What a run that succeeded could not do in full (a restore: attributes the filesystem refused)."""
 
     @property
     def duration(self) -> float | None:
@@ -62,9 +64,12 @@ class RunJournal:
         return run_id
 
     def end(self, run_id: str, result: str, *, now: datetime, name: str | None = None, size: int | None = None,
-            error: str | None = None) -> None:
-        self._append({"type": "end", "id": run_id, "at": now.isoformat(), "result": result, "name": name,
-                      "size": size, "error": error})
+            error: str | None = None, warning: str | None = None) -> None:
+        record = {"type": "end", "id": run_id, "at": now.isoformat(), "result": result, "name": name,
+                  "size": size, "error": error}
+        if warning is not None:
+            record["warning"] = warning
+        self._append(record)
         self.progress_path.unlink(missing_ok=True)
 
     def runs(self) -> list[RunRecord]:
@@ -82,6 +87,7 @@ class RunJournal:
                     runs[rec["id"]] = replace(
                         run, ended_at=datetime.fromisoformat(rec["at"]), result=rec["result"],
                         name=rec.get("name") or run.name, size=rec.get("size"), error=rec.get("error"),
+                        warning=rec.get("warning"),
                     )
             except (KeyError, TypeError, ValueError):
                 continue

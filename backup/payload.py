@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import stat
 import struct
 import tarfile
@@ -58,6 +59,19 @@ MAX_CHECKSUMS = 64 << 20
 MAX_EXTENDED_HEADER = 1 << 20
 EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                     tarfile.GNUTYPE_LONGLINK)
+XATTR_RECORD = "SCHILY.xattr."
+"""The pax keyword prefix of an extended attribute (GNU tar's and libarchive's convention, docs/FORMAT.md P.6)."""
+XATTR_NAMESPACES = (b"user.", b"security.", b"trusted.")
+POSIX_ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
+"""POSIX ACLs travel as these attributes, in Linux's binary form; no other system.* attribute is carried."""
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+"""Linux's limits on one attribute's name and value (limits.h)."""
+_ACL_TAGS = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20)
+"""ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER."""
+_ACL = struct.Struct("<HHI")
+_NOT_AN_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
 @dataclass(frozen=True)
@@ -126,8 +140,15 @@ def _entry(arcname: str, path: Path, st: os.stat_result) -> SourceEntry:
                        mtime=st.st_mtime, uid=st.st_uid, gid=st.st_gid, link=link)
 
 
+def database_was_in_wal_mode(manifest: dict) -> bool:
+    """Whether the manifest records the backed-up database in WAL mode (older backups record no mode)."""
+    components = manifest.get("components")
+    return isinstance(components, list) and any(
+        isinstance(c, dict) and c.get("name") == "database" and c.get("journal_mode") == "wal" for c in components)
+
+
 def build_manifest(*, appliance: str, software_version: str, created_at: str, scans: list[ComponentScan],
-                   database_bytes: int, database_source: str) -> dict:
+                   database_bytes: int, database_source: str, database_journal_mode: str | None = None) -> dict:
     components = []
     for s in scans:
         component = {"name": s.name, "kind": "directory", "source": str(s.source), "files": s.files, "bytes": s.bytes,
@@ -137,6 +158,8 @@ def build_manifest(*, appliance: str, software_version: str, created_at: str, sc
         components.append(component)
     components.append({"name": "database", "kind": "sqlite", "source": database_source, "files": 1,
                        "bytes": database_bytes, "skipped": []})
+    if database_journal_mode is not None:
+        components[-1]["journal_mode"] = database_journal_mode
     return {
         "format": "appliance-backup manifest",
         "version": 1,
@@ -248,10 +271,13 @@ class PayloadWriter:
         info.uid, info.gid = entry.uid, entry.gid
         if entry.kind == "dir":
             info.type = tarfile.DIRTYPE
+            # A component's root may be reached through a link (scan_directory follows it): its folder's own.
+            info.pax_headers = xattr_records(entry.path, follow_symlinks="/" not in entry.arcname)
             self._header(info)
         elif entry.kind == "symlink":
             info.type = tarfile.SYMTYPE
             info.linkname = entry.link
+            info.pax_headers = xattr_records(entry.path)
             self._header(info)
         else:
             self._add_source_file(entry.arcname, entry.path, info)
@@ -283,6 +309,7 @@ class PayloadWriter:
                     return
                 info.mode, info.mtime = stat.S_IMODE(before.st_mode), int(before.st_mtime)
                 info.uid, info.gid = before.st_uid, before.st_gid
+                info.pax_headers = xattr_records(fd)  # a change to them changes ctime: read again then
                 if before.st_size > SMALL_FILE:
                     self._stream(arcname, lambda n: os.read(fd, n), before.st_size, info, path)
                     if not _unchanged(before, os.fstat(fd)):
@@ -387,7 +414,12 @@ class PayloadWriter:
         self._pad(len(data))
 
     def _header(self, info: tarfile.TarInfo) -> None:
-        self._write(tar_header(info))
+        header = tar_header(info)
+        if len(header) > MAX_EXTENDED_HEADER:  # a reader refuses a longer one: no backup it could not restore
+            raise BackupError(f"{info.name} has more extended attributes than a backup can hold "
+                              f"({len(header) >> 10} KiB of them, at most {MAX_EXTENDED_HEADER >> 10} KiB): "
+                              "remove the ones the appliance does not need.")
+        self._write(header)
 
     def _pad(self, size: int) -> None:
         rest = size % BLOCK
@@ -412,6 +444,51 @@ def _read_up_to(fd: int, limit: int) -> bytes:
     return data
 
 
+def xattr_records(target: int | Path, *, follow_symlinks: bool = False) -> dict[str, str]:
+    """The pax records of a file's extended attributes and POSIX ACLs (docs/FORMAT.md P.6), sorted by name.
+
+    `target` is an open descriptor or a path (a link itself unless
+    `follow_symlinks`). Only the namespaces a restore can set are read: user.*, security.*,
+    trusted.* (listed to root alone) and the two POSIX ACLs. A filesystem
+    without extended attributes has none; one removed meanwhile is left out,
+    and so are those of an entry removed since the scan (it is stored as scanned).
+    """
+    path_or_fd: Any = target if isinstance(target, int) else os.fspath(target)
+    follow = {} if isinstance(target, int) else {"follow_symlinks": follow_symlinks}
+    try:
+        names = os.listxattr(path_or_fd, **follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT, errno.ENOTDIR):
+            return {}
+        raise
+    records = {}
+    for name in sorted(names, key=os.fsencode):
+        raw = os.fsencode(name)
+        if not (raw in POSIX_ACLS or raw.startswith(XATTR_NAMESPACES)):
+            continue
+        try:
+            value = os.getxattr(path_or_fd, name, **follow)
+        except OSError as exc:
+            if exc.errno in (errno.ENODATA, errno.ENOENT, errno.ENOTDIR):
+                continue
+            raise
+        records[XATTR_RECORD + _escape_xattr_name(name)] = value.decode("utf-8", "surrogateescape")
+    return records
+
+
+def _escape_xattr_name(name: str) -> str:
+    """The name as a pax keyword: '%' and '=' (as GNU tar does) and bytes that are not UTF-8 as %XX."""
+    if name.isascii() and "%" not in name and "=" not in name:
+        return name
+    out = []
+    for char in name:
+        if char in "%=" or "\udc80" <= char <= "\udcff":
+            out.append("%%%02X" % (ord(char) & 0xFF))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 _USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12x")
 _PLAIN_TYPES = (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE)
 _OCTAL_7 = 8 ** 7
@@ -423,12 +500,14 @@ def tar_header(info: tarfile.TarInfo) -> bytes:
 
     The fast path covers what a configuration tree is made of: ASCII names and link
     targets of up to 100 characters and integer fields that fit their octal fields, so
-    no extended header is needed. Anything else (long or non-ASCII names, huge sizes,
-    negative times) is left to tarfile.
+    no extended header is needed but for extended attributes (an SELinux system labels
+    every file: tarfile took 7-10 times as long for such a header). Anything else (long
+    or non-ASCII names, huge sizes, negative times) is left to tarfile.
     """
     name = info.name + "/" if info.type == tarfile.DIRTYPE and not info.name.endswith("/") else info.name
     if (info.type in _PLAIN_TYPES and name.isascii() and len(name) <= 100 and info.linkname.isascii()
-            and len(info.linkname) <= 100 and not info.uname and not info.gname and not info.pax_headers
+            and len(info.linkname) <= 100 and not info.uname and not info.gname
+            and all(keyword.startswith(XATTR_RECORD) for keyword in info.pax_headers)
             and type(info.uid) is int and type(info.gid) is int and type(info.size) is int
             and type(info.mtime) is int and 0 <= info.uid < _OCTAL_7 and 0 <= info.gid < _OCTAL_7
             and 0 <= info.size < _OCTAL_11 and 0 <= info.mtime < _OCTAL_11
@@ -438,8 +517,34 @@ def tar_header(info: tarfile.TarInfo) -> bytes:
             b"%011o\0" % info.size, b"%011o\0" % info.mtime, b" " * 8, info.type, info.linkname.encode("ascii"),
             tarfile.POSIX_MAGIC, b"", b"", b"", b"", b""))
         header[148:155] = b"%06o\0" % sum(header)
-        return bytes(header)
+        return _pax_header(info.pax_headers) + bytes(header) if info.pax_headers else bytes(header)
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
+def _pax_header(records: dict[str, str]) -> bytes:
+    """The pax extended header (type x) holding `records`, as tarfile writes it: header block, records, padding."""
+    binary = not all(_is_utf8(value) for value in records.values())  # tarfile then marks the values as bytes
+    parts = [b"21 hdrcharset=BINARY\n"] if binary else []
+    for keyword, value in records.items():
+        record = b" %s=%s\n" % (keyword.encode("utf-8"), value.encode("utf-8", "surrogateescape"))
+        length = len(record) + 1
+        while len(b"%d%s" % (length, record)) != length:  # the length counts its own digits
+            length += 1
+        parts.append(b"%d%s" % (length, record))
+    data = b"".join(parts)
+    header = bytearray(_USTAR.pack(b"././@PaxHeader", b"0000000\0", b"0000000\0", b"0000000\0", b"%011o\0" % len(data),
+                                   b"00000000000\0", b" " * 8, tarfile.XHDTYPE, b"", tarfile.POSIX_MAGIC, b"", b"", b"",
+                                   b"", b""))
+    header[148:155] = b"%06o\0" % sum(header)
+    return bytes(header) + data + b"\0" * (-len(data) % BLOCK)
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- reading
@@ -542,6 +647,56 @@ def check_not_through_a_link(links: set[tuple[str, PurePosixPath]], component: s
                                  f"({component}/{inner}); restore refused.")
 
 
+def member_xattrs(member: tarfile.TarInfo) -> dict[bytes, bytes]:
+    """The extended attributes (POSIX ACLs included) a member's pax records carry, checked (docs/FORMAT.md P.6).
+
+    Raises IntegrityError for a record no writer of this format makes: a name
+    outside the namespaces a backup carries, over Linux's limits, badly
+    escaped; a value too long; an ACL that is not Linux's binary form; a
+    default ACL on anything but a folder. Other pax records are ignored.
+    """
+    if not member.pax_headers:
+        return {}
+    found = {}
+    for keyword, value in member.pax_headers.items():
+        if not keyword.startswith(XATTR_RECORD):
+            continue
+        escaped = keyword[len(XATTR_RECORD):].encode("utf-8", "surrogateescape")
+        name = _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), escaped)
+        data = value.encode("utf-8", "surrogateescape")
+        problem = _NOT_AN_ESCAPE.search(escaped) and "a '%' that starts no %XX escape in its name"
+        problem = problem or _xattr_problem(name, data, member)
+        if problem:
+            raise IntegrityError(f"The backup holds a malformed extended attribute record for {member.name!r} "
+                                 f"({problem}); a writer of this format never makes one: do not restore it.")
+        found[name] = data
+    return found
+
+
+def _xattr_problem(name: bytes, value: bytes, member: tarfile.TarInfo) -> str | None:
+    if not name or b"\0" in name or len(name) > XATTR_NAME_MAX:
+        return f"its name is empty, holds a NUL or is longer than {XATTR_NAME_MAX} bytes"
+    if len(value) > XATTR_SIZE_MAX:
+        return f"its value is longer than {XATTR_SIZE_MAX} bytes"
+    if name in POSIX_ACLS:
+        if name == POSIX_ACLS[1] and not member.isdir():
+            return "a default ACL on something that is not a folder"
+        return _acl_problem(value)
+    if not any(name.startswith(space) and len(name) > len(space) for space in XATTR_NAMESPACES):
+        return f"{name!r} is in no namespace a backup carries (user., security., trusted., the POSIX ACLs)"
+    return None
+
+
+def _acl_problem(value: bytes) -> str | None:
+    """Whether `value` is a POSIX ACL in Linux's binary form: version 2, then (tag, permissions, id) entries."""
+    if len(value) < 4 + _ACL.size or (len(value) - 4) % _ACL.size or value[:4] != struct.pack("<I", 2):
+        return "its ACL is not version 2 with whole 8-byte entries"
+    for tag, perm, _ in _ACL.iter_unpack(value[4:]):
+        if tag not in _ACL_TAGS or perm > 7:
+            return f"its ACL has an entry with tag {tag:#x} and permissions {perm:#o}"
+    return None
+
+
 def _root_as_directory(member: tarfile.TarInfo) -> tarfile.TarInfo:
     """A component's root stored as a link: the folder it stood for.
 
@@ -601,6 +756,7 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
             component, inner = safe_member_path(member.name)
             if member.issym() and str(inner) == ".":
                 member = _root_as_directory(member)
+            member_xattrs(member)  # checked here: deep verify refuses what a restore would
             check_not_through_a_link(links, component, inner)
             if member.isdir():
                 consumer.directory(component, inner, member)

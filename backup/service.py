@@ -52,6 +52,7 @@ from backup.payload import (
     MANIFEST_NAME,
     PayloadWriter,
     build_manifest,
+    database_was_in_wal_mode,
     read_manifest,
     scan_directory,
     walk_payload,
@@ -85,6 +86,8 @@ class _Run:
     id: str
     size: int | None = None
     """Bytes written, journalled when the run ends well."""
+    warning: str | None = None
+    """Journalled with a run that ended well but not in full."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ class RestoreResult:
     rollback_dir: Path
     """Where the replaced state was kept."""
     files: int
+    warnings: list[str] = field(default_factory=list)
+    """Files that came back without extended attributes the filesystem or user refused: one line each."""
 
 
 @dataclass(frozen=True)
@@ -273,7 +278,7 @@ class BackupService:
         except BaseException as exc:
             self.journal.end(run.id, _result_word(exc), now=self.clock(), name=name, error=describe(exc))
             raise
-        self.journal.end(run.id, "ok", now=self.clock(), name=name, size=run.size)
+        self.journal.end(run.id, "ok", now=self.clock(), name=name, size=run.size, warning=run.warning)
 
     # ------------------------------------------------------------ status
 
@@ -380,6 +385,8 @@ class BackupService:
         tracker = Tracker("backup", self._progress_publisher(progress, inhibitor=inhibitor), cancel)
         tracker.set_stage("Opening the internal database")
         _wait_for_database(appliance.database, self.config.database_wait)
+        # Read before frozen() connects: closing another descriptor of the file would drop its locks.
+        journal_mode = database.journal_mode(appliance.database)
         with ExitStack() as cleanup:
             frozen_size = cleanup.enter_context(database.frozen(appliance.database))
             if frozen_size is not None:
@@ -397,6 +404,7 @@ class BackupService:
             manifest = build_manifest(
                 appliance=appliance.name, software_version=__version__, created_at=started.isoformat(),
                 scans=scans, database_bytes=db_size, database_source=str(appliance.database),
+                database_journal_mode=journal_mode,
             )
             tracker.total = manifest["total_bytes"]
             out = None
@@ -673,7 +681,9 @@ class BackupService:
             with self._journalled("restore", name=name, now=started) as run, \
                     shutdown_inhibitor("Restore in progress") as inhibitor:
                 publish = self._progress_publisher(progress, inhibitor=inhibitor.status_line)
-                return self._restore(name, passphrase, publish, cancel, run.id)
+                result = self._restore(name, passphrase, publish, cancel, run.id)
+                run.warning = refused_attributes_sentence(result.warnings)
+                return result
 
     def _restore(self, name: str, passphrase: str | None, progress: ProgressCallback | None,
                  cancel: threading.Event | None, run_id: str) -> RestoreResult:
@@ -704,6 +714,8 @@ class BackupService:
             problem = database.opens(db_stage)
             if problem:
                 raise IntegrityError(f"The database in the backup does not open ({problem}); nothing was changed.")
+            if database_was_in_wal_mode(summary.manifest):
+                database.keep_wal_mode(db_stage)
             tracker.set_stage("Replacing the appliance's state")
             swapping = True
             rollback_dir = self._swap_in(targets, stages, db_stage, run_id)
@@ -716,7 +728,8 @@ class BackupService:
                 shutil.rmtree(stage, ignore_errors=True)
             db_stage.unlink(missing_ok=True)
         tracker.set_stage("Done")
-        return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files)
+        return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files,
+                             warnings=consumer.refused_attributes())
 
     def _restore_paths(self, run_id: str) -> dict[str, Path]:
         """Every path a restore touches; "firmware", "system" and "database" are what it replaces.
@@ -824,6 +837,23 @@ class BackupService:
         paths["database.stage"].unlink(missing_ok=True)
         old_db = paths["database.old"]
         old_db.with_name(old_db.name + ".partial").unlink(missing_ok=True)  # a copy replace() had begun
+
+
+REFUSED_SHOWN = 20
+
+
+def refused_attributes_sentence(warnings: list[str], *, listed: bool = True) -> str | None:
+    """What a restore could not set (RestoreResult.warnings) in one sentence, naming the files if `listed`."""
+    if not warnings:
+        return None
+    sentence = (f"{len(warnings)} restored file(s) lack extended attributes that this filesystem or user could not "
+                "set; everything else was restored (restore as root onto a filesystem that supports them to have "
+                "them too)")
+    if not listed:
+        return sentence + "."
+    shown = "; ".join(warnings[:REFUSED_SHOWN]) + (f"; and {len(warnings) - REFUSED_SHOWN} more"
+                                                   if len(warnings) > REFUSED_SHOWN else "")
+    return f"{sentence}: {shown}."
 
 
 def _unlink_later(path: Path) -> None:

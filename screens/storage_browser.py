@@ -29,7 +29,7 @@ from backup.cli import verified_sentence
 from backup.config import Config
 from backup.errors import StorageError
 from backup.progress import Progress
-from backup.service import BackupDetails, BackupService, describe
+from backup.service import BackupDetails, BackupService, describe, refused_attributes_sentence
 from backup.storage import Entry, Storage, Usage
 from screens.restore import ConfirmDeleteScreen, ConfirmRestoreScreen, PassphraseScreen, RestoreConfirmed
 from tui.messages import (
@@ -545,6 +545,8 @@ class StorageBrowser(ModalScreen[Config | None]):
                 restored = service.restore(name, passphrase=secret, progress=report, cancel=cancel)
                 sentence = (f"The appliance was restored from {name} ({restored.files} files). "
                             f"The state before the restore is kept in {restored.rollback_dir}.")
+                if restored.warnings:
+                    sentence += " " + refused_attributes_sentence(restored.warnings)
             else:
                 service.delete_backup(name)
                 sentence = f"The backup {name} was deleted."

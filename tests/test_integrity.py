@@ -365,7 +365,12 @@ def test_a_restore_killed_after_its_commit_is_finished_at_next_start(backed_up) 
     assert not [p.name for p in parent.iterdir() if "restore-" in p.name]
 
 
-def test_restore_drops_setuid_setgid_and_sticky_bits(service: BackupService) -> None:
+def test_restore_as_root_keeps_setuid_setgid_and_sticky_bits(service: BackupService) -> None:
+    """A 1777 folder that came back 0777 was world-writable without the sticky bit: anyone could delete in it.
+
+    (tests/test_metadata.py: the other combinations, and a restore by another user, which keeps no
+    setuid or setgid bit of an owner it could not give the file.)
+    """
     firmware = service.config.appliance.firmware
     (firmware / "tool").write_text("#!/bin/sh\n")
     (firmware / "tool").chmod(0o6755)
@@ -373,5 +378,5 @@ def test_restore_drops_setuid_setgid_and_sticky_bits(service: BackupService) -> 
     (firmware / "shared").chmod(0o1777)
     name = service.run_backup().name
     service.restore(name)
-    assert (firmware / "tool").stat().st_mode & 0o7777 == 0o755
-    assert (firmware / "shared").stat().st_mode & 0o7777 == 0o777
+    assert (firmware / "tool").stat().st_mode & 0o7777 == 0o6755
+    assert (firmware / "shared").stat().st_mode & 0o7777 == 0o1777
