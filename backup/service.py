@@ -56,7 +56,7 @@ from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
 from backup.humanize import human_bytes
 from backup.inhibit import shutdown_inhibitor
 from backup.journal import RunJournal, RunRecord, interrupted_error
-from backup.lock import RunLock, is_locked, pid_alive, read_holder
+from backup.lock import RECOVERY_TASK, RunLock, is_locked, pid_alive, read_holder
 from backup.payload import (
     DATABASE_MEMBER,
     MANIFEST_NAME,
@@ -217,17 +217,24 @@ class BackupService:
         return self.secret.check(passphrase)
 
     def recover(self) -> list[RunRecord]:
-        """Close runs a dead process left open and undo what they left half done. Safe to call any time."""
+        """Close runs a dead process left open and undo what they left half done. Safe to call any time.
+
+        Holds the run lock only for what is on the appliance; the partial files of dead runs are removed
+        from the storage after it is released (no live run writes under those names), so a share that
+        does not answer never keeps a backup or restore from starting.
+        """
         if is_locked(self.state_dir):
             return []
         try:
-            with RunLock(self.state_dir, "recovery", now=self.clock()):
-                return self.recover_unlocked()
+            with RunLock(self.state_dir, RECOVERY_TASK, now=self.clock()):
+                closed = self.recover_unlocked(storage=False)
         except BackupError:
             return []
+        self._recover_storage(closed)
+        return closed
 
-    def recover_unlocked(self) -> list[RunRecord]:
-        """recover() for a caller that already holds the lock."""
+    def recover_unlocked(self, *, storage: bool = True) -> list[RunRecord]:
+        """recover() for a caller that already holds the lock (`storage`: the partial files too)."""
         closed = self.journal.recover(now=self.clock(), alive=pid_alive)
         for leftover in (self.state_dir / "tmp").glob("*"):  # no run holds them: we hold the lock
             if leftover.is_dir() and not leftover.is_symlink():
@@ -240,12 +247,18 @@ class BackupService:
             if copy.is_dir() and _read_phase(copy) is None:
                 shutil.rmtree(copy, ignore_errors=True)
         for run in closed:
+            if run.kind == "restore":
+                self._finish_interrupted_restore(run.id)
+        if storage:
+            self._recover_storage(closed)
+        return closed
+
+    def _recover_storage(self, closed: list[RunRecord]) -> None:
+        """Remove the partial files of the backups in `closed` and of recent failed ones."""
+        for run in closed:
             if run.kind == "backup" and run.name:
                 self._remove_partial(run.name)
-            elif run.kind == "restore":
-                self._finish_interrupted_restore(run.id)
         self._remove_stale_partials()
-        return closed
 
     def _remove_stale_partials(self) -> None:
         """Partials that recent failed runs left (the storage was unreachable when they failed).
