@@ -331,14 +331,16 @@ class BackupService:
             storage=storage,
             next_scheduled=upcoming[0] if upcoming else None,
             stale=self._staleness(last_success, now),
-            warnings=self.security_warnings() + self._future_warnings(now),
+            warnings=self.security_warnings() + self._future_warnings(now, gone),
         )
 
-    def _future_warnings(self, now: datetime) -> list[str]:
-        """A sentence naming this appliance's backups dated after its clock, as the last look at the storage found them."""
+    def _future_warnings(self, now: datetime, gone: set[str]) -> list[str]:
+        """A sentence naming this appliance's backups dated after its clock, as the last look at the storage
+        found them (less those deleted since)."""
+        now = now.astimezone()  # a clock without a zone is local time
         future = sorted((f for f in self.catalog.cached()
                          if self.is_own_backup(f.name) and f.is_backup_of(self.config.appliance.name)
-                         and f.in_future(now)), key=lambda f: (f.created_at, f.name))
+                         and f.name not in gone and f.in_future(now)), key=lambda f: (f.created_at, f.name))
         if not future:
             return []
         shown = ", ".join(f"{f.name} ({_when(f.created_at)})" for f in future[:FUTURE_SHOWN])
@@ -600,7 +602,7 @@ class BackupService:
             The counted backups newest first, then those dated later than the clock, then the files
             not counted; the last two are always kept.
         """
-        now = self.clock()
+        now = self.clock().astimezone()  # a clock without a zone is local time
         appliance = self.config.appliance.name
         files = self.backup_facts()
         mine = [f for f in files if f.is_backup_of(appliance)]

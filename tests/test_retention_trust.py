@@ -60,13 +60,26 @@ def test_a_run_never_removes_the_backup_it_has_just_written_after_the_clock_was_
     # Eight daily backups made while the clock was 3 minutes ahead (NTP then corrected it, e.g. after a
     # VM resume): the newest of them is dated 3 minutes after the next run, on the same day.
     config = _with_policy(service, keep_daily=7)
+    now = datetime.now(timezone.utc)
     for days in range(7, -1, -1):
-        _backup_at(config, NOW + timedelta(minutes=3) - timedelta(days=days))
+        _backup_at(config, now + timedelta(minutes=3) - timedelta(days=days))
     r = run_cli("run", config=config)
     assert r.returncode == 0, r.stderr
     name = r.stdout.strip()
     assert f"retention removed {name}" not in r.stderr
     assert name in _files(config)
+
+
+def test_the_run_protects_its_own_backup_by_name_even_when_the_dates_say_otherwise(service: BackupService):
+    # A clock 50 s ahead is within the tolerance, so that backup counts and is the day's newest: only
+    # the run's naming of its own backup keeps retention from removing it.
+    config = _with_policy(service, keep_daily=1)
+    ahead = _backup_at(config, datetime.now(timezone.utc) + timedelta(seconds=50))
+    r = run_cli("run", config=config)
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip()
+    assert f"retention removed {name}" not in r.stderr
+    assert {name, ahead} <= _files(config)
 
 
 def test_empty_files_named_like_backups_are_neither_counted_nor_deleted(service: BackupService):
@@ -203,3 +216,12 @@ async def test_the_console_status_screen_names_a_backup_dated_in_the_future(conf
         assert app.screen.query_one("#stale").display
         text = " ".join(screen_text(app).split())
         assert "dated in the future" in text and future in text, text
+
+
+def test_a_deleted_backup_dated_in_the_future_is_no_longer_named_by_status(service: BackupService):
+    config = _with_policy(service)
+    future = _backup_at(config, NOW + timedelta(days=2))
+    service = BackupService(config)
+    assert any(future in w for w in service.status().warnings)
+    service.delete_backup(future)
+    assert not any(future in w for w in service.status().warnings)
