@@ -119,9 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.FAILED)
 
 
-RECOVERING_COMMANDS = ("daemon",)
-"""Commands that first close what a crashed run left (`run` and `restore` do it under their own lock). The
-others only look: none takes the run lock, so none keeps a backup or restore from starting."""
 STREAMING_COMMANDS = ("run", "verify", "restore")
 """One-shot commands that stream a whole backup through megabyte-sized buffers."""
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -158,8 +155,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return run_console(config, theme=args.theme)
     service = BackupService(config)
     try:
-        if args.command in RECOVERING_COMMANDS:
-            service.recover()
+        service.recover()
         handler = {
             "run": cmd_run, "list": cmd_list, "verify": cmd_verify, "restore": cmd_restore,
             "status": cmd_status, "secret": cmd_secret, "prune": cmd_prune, "schedule": cmd_schedule,
