@@ -1016,13 +1016,18 @@ def _aware_time(text: object) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        if moment.tzinfo is None or not 1970 <= moment.astimezone(timezone.utc).year <= 9000:
+            return None  # no offset; or a date no clock gives, where calendar arithmetic would overflow
+    except (ValueError, OverflowError):
         return None
-    return moment if moment.tzinfo is not None else None
+    return moment
 
 
 def _when(moment: datetime) -> str:
-    return f"{moment.astimezone(local_timezone()):%Y-%m-%d %H:%M:%S %Z}"
+    try:
+        return f"{moment.astimezone(local_timezone()):%Y-%m-%d %H:%M:%S %Z}"
+    except (OverflowError, ValueError):  # a manifest dated at the edge of the calendar (year 1 or 9999)
+        return moment.isoformat()
 
 
 def as_seen(run: RunRecord) -> RunRecord:

@@ -225,3 +225,20 @@ def test_a_deleted_backup_dated_in_the_future_is_no_longer_named_by_status(servi
     assert any(future in w for w in service.status().warnings)
     service.delete_backup(future)
     assert not any(future in w for w in service.status().warnings)
+
+
+def test_a_manifest_dated_at_the_edge_of_the_calendar_is_not_counted_and_stops_nothing(service: BackupService):
+    # Only a writer holding this appliance's key could seal these; retention must still not fail on them.
+    config = _with_policy(service, keep_daily=1)
+    service = BackupService(config)
+    real = _backup_at(config, NOW - timedelta(hours=1))
+    edges = []
+    for when in ("0001-01-01T00:00:00-12:00", "9999-12-31T23:59:59+14:00", "2026-01-01T00:00:00"):
+        manifest = json.dumps({"format": "appliance-backup manifest", "version": 1, "appliance": "demo-appliance",
+                               "created_at": when, "components": []}).encode()
+        edges.append(sealed_backup(service, [_member("manifest.json", manifest)]))
+    decisions = {d.name: d for d in service.prune(dry_run=True)}
+    for name in edges:
+        assert decisions[name].keep and decisions[name].reasons[0].startswith("not counted"), decisions[name]
+    assert decisions[real].keep and "newest backup" in decisions[real].reasons
+    assert "dated" not in " ".join(w for w in service.status().warnings)
