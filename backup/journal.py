@@ -51,6 +51,11 @@ class RunRecord:
         return (self.ended_at - self.started_at).total_seconds()
 
 
+def interrupted_error(kind: str) -> str:
+    """The sentence a run whose process died is closed with."""
+    return f"The {kind} was interrupted (its process ended before it finished)."
+
+
 class RunJournal:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
@@ -98,7 +103,7 @@ class RunJournal:
         closed = []
         for run in self.runs():
             if run.result is None and not (run.pid == os.getpid() or alive(run.pid)):
-                error = f"The {run.kind} was interrupted (its process ended before it finished)."
+                error = interrupted_error(run.kind)
                 self.end(run.id, "interrupted", now=now, name=run.name, error=error)
                 closed.append(replace(run, ended_at=now, result="interrupted", error=error))
         return closed

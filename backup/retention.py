@@ -93,7 +93,8 @@ def plan(backups: Iterable[tuple[str, datetime]], policy: RetentionPolicy, prote
     """Decide, for each backup, whether the policy keeps it. Nothing is deleted here.
 
     Args:
-        backups: (name, created_at) of the backups this appliance wrote; created_at timezone-aware.
+        backups: (name, created_at) of the backups this appliance wrote; created_at timezone-aware, taken
+            from each backup's authenticated manifest (never its name: see BackupService.prune).
         policy: the retention rules.
         protected: names never to delete (the newest verified backup, a backup being read, ...).
         tz: the zone whose calendar days, weeks and months count; default the system's local zone.

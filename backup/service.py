@@ -26,7 +26,17 @@ from typing import BinaryIO, Callable, Iterator
 import zstandard
 
 from backup import __version__, database
-from backup.archive import ArchiveReader, ArchiveWriter, KeyEncryptionKey, ScryptParams, opens_with, read_header
+from backup.archive import (
+    HEADER_LENGTH,
+    TAG_LENGTH,
+    ArchiveReader,
+    ArchiveWriter,
+    KeyEncryptionKey,
+    ScryptParams,
+    opens_with,
+    read_header,
+)
+from backup.catalog import BackupFacts, Catalog
 from backup.config import Config
 from backup.errors import (
     BackupError,
@@ -45,8 +55,8 @@ from backup.extract import Extractor
 from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
 from backup.humanize import human_bytes
 from backup.inhibit import shutdown_inhibitor
-from backup.journal import RunJournal, RunRecord
-from backup.lock import RunLock, is_locked, pid_alive, read_holder
+from backup.journal import RunJournal, RunRecord, interrupted_error
+from backup.lock import RECOVERY_TASK, RunLock, is_locked, pid_alive, read_holder
 from backup.payload import (
     DATABASE_MEMBER,
     MANIFEST_NAME,
@@ -62,7 +72,7 @@ from backup.progress import ProgressCallback, Tracker
 from backup.retention import Decision, plan
 from backup.schedule import interval_estimate, local_now, local_timezone, next_runs, slot_already_done, slot_detail
 from backup.secret import DomainMasterSecret, SecretInfo
-from backup.storage import PARTIAL_SUFFIX, Storage, open_storage
+from backup.storage import PARTIAL_SUFFIX, Entry, Storage, open_storage
 
 BACKUP_SUFFIX = ".abk"
 OWN_SUFFIX = r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk"
@@ -73,6 +83,8 @@ STALE_PARTIAL_RUNS = 50
 VERIFY_AUTHENTICATED = "authenticated"
 VERIFY_DEEP = "deep"
 """The journal's detail of a verify run: which pass it was (see BackupService.verify)."""
+FUTURE_SHOWN = 3
+"""Backups dated later than the clock that the status names (it says how many more there are)."""
 KEEP_ROLLBACKS = 2
 """Rollback copies kept after restores (older ones are removed)."""
 WAL_NOTE = "DATABASE_WAL"
@@ -177,6 +189,7 @@ class BackupService:
         self.state_dir = config.state_dir
         self.journal = RunJournal(self.state_dir)
         self.secret = DomainMasterSecret(self.state_dir, params=kdf_params)
+        self.catalog = Catalog(self.state_dir)
         self._storage = storage
 
     # ------------------------------------------------------------ basics
@@ -209,17 +222,24 @@ class BackupService:
         return self.secret.check(passphrase)
 
     def recover(self) -> list[RunRecord]:
-        """Close runs a dead process left open and undo what they left half done. Safe to call any time."""
+        """Close runs a dead process left open and undo what they left half done. Safe to call any time.
+
+        Holds the run lock only for what is on the appliance; the partial files of dead runs are removed
+        from the storage after it is released (no live run writes under those names), so a share that
+        does not answer never keeps a backup or restore from starting.
+        """
         if is_locked(self.state_dir):
             return []
         try:
-            with RunLock(self.state_dir, "recovery", now=self.clock()):
-                return self.recover_unlocked()
+            with RunLock(self.state_dir, RECOVERY_TASK, now=self.clock()):
+                closed = self.recover_unlocked(storage=False)
         except BackupError:
             return []
+        self._recover_storage(closed)
+        return closed
 
-    def recover_unlocked(self) -> list[RunRecord]:
-        """recover() for a caller that already holds the lock."""
+    def recover_unlocked(self, *, storage: bool = True) -> list[RunRecord]:
+        """recover() for a caller that already holds the lock (`storage`: the partial files too)."""
         closed = self.journal.recover(now=self.clock(), alive=pid_alive)
         for leftover in (self.state_dir / "tmp").glob("*"):  # no run holds them: we hold the lock
             if leftover.is_dir() and not leftover.is_symlink():
@@ -232,12 +252,18 @@ class BackupService:
             if copy.is_dir() and _read_phase(copy) is None:
                 shutil.rmtree(copy, ignore_errors=True)
         for run in closed:
+            if run.kind == "restore":
+                self._finish_interrupted_restore(run.id)
+        if storage:
+            self._recover_storage(closed)
+        return closed
+
+    def _recover_storage(self, closed: list[RunRecord]) -> None:
+        """Remove the partial files of the backups in `closed` and of recent failed ones."""
+        for run in closed:
             if run.kind == "backup" and run.name:
                 self._remove_partial(run.name)
-            elif run.kind == "restore":
-                self._finish_interrupted_restore(run.id)
         self._remove_stale_partials()
-        return closed
 
     def _remove_stale_partials(self) -> None:
         """Partials that recent failed runs left (the storage was unreachable when they failed).
@@ -283,10 +309,13 @@ class BackupService:
     # ------------------------------------------------------------ status
 
     def status(self, *, recent: int = 20) -> StatusReport:
-        runs = [r for r in self.journal.runs() if r.kind == "backup"]
+        """What the journal and the state directory say; changes nothing and never waits for the storage."""
+        journalled = [as_seen(r) for r in self.journal.runs()]
+        runs = [r for r in journalled if r.kind == "backup"]
         holder = read_holder(self.state_dir / "run.lock")
         running = is_locked(self.state_dir)
-        last_success = next((r for r in reversed(runs) if r.result == "ok"), None)
+        gone = removed_backups(journalled)
+        last_success = next((r for r in reversed(runs) if r.result == "ok" and r.name not in gone), None)
         finished = [r for r in runs if r.result is not None]
         last_failure = finished[-1] if finished and finished[-1].result != "ok" else None
         try:
@@ -307,8 +336,24 @@ class BackupService:
             storage=storage,
             next_scheduled=upcoming[0] if upcoming else None,
             stale=self._staleness(last_success, now),
-            warnings=self.security_warnings(),
+            warnings=self.security_warnings() + self._future_warnings(now, gone),
         )
+
+    def _future_warnings(self, now: datetime, gone: set[str]) -> list[str]:
+        """A sentence naming this appliance's backups dated after its clock, as the last look at the storage
+        found them (less those deleted since)."""
+        now = now.astimezone()  # a clock without a zone is local time
+        future = sorted((f for f in self.catalog.cached()
+                         if self.is_own_backup(f.name) and f.is_backup_of(self.config.appliance.name)
+                         and f.name not in gone and f.in_future(now)), key=lambda f: (f.created_at, f.name))
+        if not future:
+            return []
+        shown = ", ".join(f"{f.name} ({_when(f.created_at)})" for f in future[:FUTURE_SHOWN])
+        more = f" and {len(future) - FUTURE_SHOWN} more" if len(future) > FUTURE_SHOWN else ""
+        which = "backup is" if len(future) == 1 else "backups are"
+        return [f"{len(future)} {which} dated in the future for this appliance's clock: {shown}{more}. Retention keeps "
+                "them and does not count them until that time. Check the clock (NTP); a backup made while it was "
+                "wrong can be deleted by hand."]
 
     def security_warnings(self) -> list[str]:
         """Loosened permissions on what protects the backups (the state directory, the key file), and
@@ -371,7 +416,7 @@ class BackupService:
                     result = self._write_backup(name, kek, progress, cancel, started, inhibitor.status_line)
                 run.size = result.size
             try:  # still under the lock, so no restore can start reading what retention removes
-                pruned = [d.name for d in self.prune() if not d.keep]
+                pruned = [d.name for d in self.prune(new_backup=name) if not d.keep]
             except BackupError:
                 pruned = []  # the backup stands; `prune --dry-run` shows what retention would do and why
         return replace(result, pruned=pruned)
@@ -552,29 +597,81 @@ class BackupService:
         prefix = f"{re.escape(self.config.prefix)}-" if self.config.prefix else ""
         return re.fullmatch(prefix + re.escape(self.config.appliance.name) + OWN_SUFFIX, name) is not None
 
-    def prune(self, *, dry_run: bool = False) -> list[Decision]:
+    def prune(self, *, dry_run: bool = False, new_backup: str | None = None) -> list[Decision]:
         """Apply [retention] to this appliance's backups; other files in the storage are never touched.
 
-        Never deletes the newest backup, the newest successfully verified one, or one being read.
+        Counts only files named like this appliance's backups that open with its key and whose authenticated
+        manifest names this appliance; orders them by the creation time in that manifest. Never deletes
+        `new_backup` (the backup the calling run has just written), the newest backup, the newest
+        successfully verified one, one being written or read, one dated later than the clock, nor a file
+        that does not open as this appliance's backup.
+
+        Returns:
+            The counted backups newest first, then those dated later than the clock, then the files
+            not counted; the last two are always kept.
         """
-        backups = [b for b in self.list_backups() if self.is_own_backup(b.name)]
-        present = {b.name for b in backups}
+        now = self.clock().astimezone()  # a clock without a zone is local time
+        appliance = self.config.appliance.name
+        files = self.backup_facts()
+        mine = [f for f in files if f.is_backup_of(appliance)]
+        counted = [f for f in mine if not f.in_future(now)]
+        future = sorted((f for f in mine if f.in_future(now)), key=lambda f: (f.created_at, f.name), reverse=True)
+        present = {f.name for f in counted}
         runs = self.journal.runs()
-        protected = {r.name for r in runs if r.kind in ("verify", "restore") and r.result is None
+        protected = {r.name for r in runs if r.kind in ("backup", "verify", "restore") and r.result is None
                      and r.name in present and pid_alive(r.pid)}
+        if new_backup is not None:
+            protected.add(new_backup)
         verified = [r for r in runs if r.kind == "verify" and r.result == "ok" and r.name in present]
         if verified:
-            by_name = {b.name: b.created_at for b in backups}
+            by_name = {f.name: f.created_at for f in counted}
             protected.add(max(verified, key=lambda r: by_name[r.name]).name)
-        decisions = plan([(b.name, b.created_at) for b in backups], self.config.retention, protected,
+        decisions = plan([(f.name, f.created_at) for f in counted], self.config.retention, protected,
                          tz=local_timezone())
         doomed = [d.name for d in decisions if not d.keep]
-        if dry_run or not doomed:
-            return decisions
-        with self._journalled("prune", detail="delete " + " ".join(doomed)):
-            for name in doomed:
-                self.storage.delete(name)
-        return decisions
+        kept_aside = [Decision(f.name, True, [f"not counted: dated {_when(f.created_at)}, in the future for "
+                                              "this appliance's clock (kept until then; check the clock)"]) for f in future]
+        kept_aside += [Decision(f.name, True, [f"not counted: {self._not_mine(f)}"])
+                       for f in files if not f.is_backup_of(appliance)]
+        if doomed and not dry_run:
+            with self._journalled("prune", detail="delete " + " ".join(doomed)):
+                for name in doomed:
+                    self.storage.delete(name)
+        return kept_aside[:len(future)] + decisions + kept_aside[len(future):]
+
+    def _not_mine(self, facts: BackupFacts) -> str:
+        if facts.problem is not None:
+            return facts.problem
+        return f"it is a backup of another appliance ({facts.appliance!r})"
+
+    def backup_facts(self) -> list[BackupFacts]:
+        """The files in the storage named like this appliance's backups, each with what its authenticated
+        header and manifest say (cached in the state directory; see backup.catalog)."""
+        entries = [e for e in self.storage.list("") if not e.is_dir and self.is_own_backup(e.name)]
+        return self.catalog.facts(entries, self._read_facts)
+
+    def _read_facts(self, entry: Entry) -> tuple[BackupFacts, bool]:
+        """Open one file with this appliance's key; (its facts, whether they may be cached)."""
+        base = BackupFacts(name=entry.name, size=entry.size, mtime=entry.mtime)
+        if entry.size < HEADER_LENGTH + TAG_LENGTH:  # not even opened: a fifo or a device is 0 bytes too
+            problem = "it is empty" if entry.size == 0 else f"it is too small to be a backup ({entry.size} bytes)"
+            return replace(base, problem=problem), True
+        try:
+            with self.storage.open(entry.name) as source:
+                manifest = read_manifest(self._reader(source, None))
+        except DmsNotSetError:
+            return replace(base, problem="this appliance has no Domain Master Secret yet to open it with"), False
+        except WrongDmsError:
+            return replace(base, problem="it does not open with this appliance's Domain Master Secret"), True
+        except IntegrityError:
+            return replace(base, problem="it does not open as a backup (damaged, cut short, or not a backup)"), True
+        except (BackupError, OSError) as exc:  # the storage did not answer; the file went meanwhile
+            return replace(base, problem=f"it could not be read just now ({describe(exc).rstrip('.')})"), False
+        appliance = manifest.get("appliance")
+        created = _aware_time(manifest.get("created_at"))
+        if not isinstance(appliance, str) or created is None:
+            return replace(base, problem="its manifest does not say which appliance made it and when"), True
+        return replace(base, appliance=appliance, created_at=created), True
 
     # ------------------------------------------------------------ listing and details
 
@@ -941,6 +1038,43 @@ def _read_phase(rollback_dir: Path) -> str | None:
         return (rollback_dir / "PHASE").read_text().strip()
     except OSError:
         return None
+
+
+def _aware_time(text: object) -> datetime | None:
+    """A manifest's created_at, when it is an ISO 8601 time with its offset (as every writer records it)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None or not 1970 <= moment.astimezone(timezone.utc).year <= 9000:
+            return None  # no offset; or a date no clock gives, where calendar arithmetic would overflow
+    except (ValueError, OverflowError):
+        return None
+    return moment
+
+
+def _when(moment: datetime) -> str:
+    try:
+        return f"{moment.astimezone(local_timezone()):%Y-%m-%d %H:%M:%S %Z}"
+    except (OverflowError, ValueError):  # a manifest dated at the edge of the calendar (year 1 or 9999)
+        return moment.isoformat()
+
+
+def as_seen(run: RunRecord) -> RunRecord:
+    """`run` as recovery will close it: a run whose process is gone was interrupted (nothing is written)."""
+    if run.result is None and run.pid != os.getpid() and not pid_alive(run.pid):
+        return replace(run, result="interrupted", error=interrupted_error(run.kind))
+    return run
+
+
+def removed_backups(runs: list[RunRecord]) -> set[str]:
+    """Backups the journal says were deleted: by the operator, or by retention (a prune that failed midway
+    may have deleted any of its names: all count as gone)."""
+    gone = {r.name for r in runs if r.kind == "delete" and r.result == "ok" and r.name}
+    for r in runs:
+        if r.kind == "prune" and r.result is not None and r.detail and r.detail.startswith("delete "):
+            gone.update(r.detail[len("delete "):].split())
+    return gone
 
 
 def created_at(name: str, mtime: float) -> datetime:

@@ -58,7 +58,8 @@ class StatusScreen(ConsoleScreen):
         self.query_one(RecentRuns).show(report.recent, now)
         sizes = [r.size for r in reversed(report.recent) if r.result == "ok" and r.size is not None]
         self.query_one(SizeTrend).sizes = tuple(sizes[-30:])
-        stale = report.stale or ""
+        # The staleness, then the warnings (loosened permissions, a damaged journal, backups dated in the future).
+        stale = "\n".join(line for line in (report.stale, *report.warnings) if line)
         self.query_one("#stale", Static).update(stale)
         self.query_one("#stale").display = bool(stale)
         self._show_notice(self.app.notice)
