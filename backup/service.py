@@ -574,7 +574,7 @@ class BackupService:
         """Backups in the storage, newest first."""
         backups = []
         for entry in self.storage.list(""):
-            if entry.is_dir or not entry.name.endswith(BACKUP_SUFFIX):
+            if not entry.regular or not entry.name.endswith(BACKUP_SUFFIX):  # a FIFO or link by that name is no backup
                 continue
             backups.append(BackupInfo(name=entry.name, size=entry.size, created_at=created_at(entry.name, entry.mtime)))
         backups.sort(key=lambda b: (b.created_at, b.name), reverse=True)
