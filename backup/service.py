@@ -42,7 +42,7 @@ from backup.errors import (
     WrongDmsError,
 )
 from backup.extract import Extractor
-from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
+from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir, remove_tree
 from backup.humanize import human_bytes
 from backup.inhibit import shutdown_inhibitor
 from backup.journal import RunJournal, RunRecord
@@ -218,14 +218,14 @@ class BackupService:
         closed = self.journal.recover(now=self.clock(), alive=pid_alive)
         for leftover in (self.state_dir / "tmp").glob("*"):  # no run holds them: we hold the lock
             if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)  # not ours, but in our directory: gone, not fatal
+                remove_tree(leftover, ignore_errors=True)  # not ours, but in our directory: gone, not fatal
             else:
                 leftover.unlink(missing_ok=True)
         for copy in (self.state_dir / "rollback").glob("*"):
             # A restore killed before its swap began replaced nothing: its copy has no phase yet.
             # No restore runs now (we hold the lock), so any such copy is left over.
             if copy.is_dir() and _read_phase(copy) is None:
-                shutil.rmtree(copy, ignore_errors=True)
+                remove_tree(copy, ignore_errors=True)
         for run in closed:
             if run.kind == "backup" and run.name:
                 self._remove_partial(run.name)
@@ -711,9 +711,9 @@ class BackupService:
             if consumer is not None:
                 consumer.close()
             if not swapping:  # nothing was replaced: no rollback copy to keep
-                shutil.rmtree(paths["rollback"], ignore_errors=True)
+                remove_tree(paths["rollback"], ignore_errors=True)
             for stage in stages.values():
-                shutil.rmtree(stage, ignore_errors=True)
+                remove_tree(stage, ignore_errors=True)
             db_stage.unlink(missing_ok=True)
         tracker.set_stage("Done")
         return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files)
@@ -781,7 +781,7 @@ class BackupService:
             old = paths[f"{component}.old"]
             if old.exists():
                 if target.exists():
-                    shutil.rmtree(target)
+                    remove_tree(target)
                 os.rename(old, target)
                 fsync_dir(target.parent)
         old_db, live_db = paths["database.old"], paths["database"]
@@ -808,7 +808,7 @@ class BackupService:
         finished = sorted((d for d in root.iterdir() if d.is_dir() and _read_phase(d) in ("done", "undone")),
                           key=lambda d: (d / "PHASE").stat().st_mtime_ns)
         for old in finished[:-KEEP_ROLLBACKS]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old, ignore_errors=True)
 
     def _finish_interrupted_restore(self, run_id: str) -> None:
         """After a crash mid-restore: the appliance ends fully old or fully restored, never mixed."""
@@ -820,7 +820,7 @@ class BackupService:
         elif phase == "committed":
             self._keep_old_state(run_id)
         for key in ("firmware.stage", "system.stage"):
-            shutil.rmtree(paths[key], ignore_errors=True)
+            remove_tree(paths[key], ignore_errors=True)
         paths["database.stage"].unlink(missing_ok=True)
         old_db = paths["database.old"]
         old_db.with_name(old_db.name + ".partial").unlink(missing_ok=True)  # a copy replace() had begun
