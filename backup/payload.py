@@ -666,6 +666,7 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
         checksums = None
         summary = PayloadSummary(manifest=manifest, checksums={})
         while (member := tar.next()) is not None:
+            tracker.check_cancel()  # also between members without content (a tree of folders and links)
             if checksums is not None:
                 raise IntegrityError(f"The backup holds a member after its checksums ({member.name!r}).")
             if member.name == CHECKSUMS_NAME:

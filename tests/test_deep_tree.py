@@ -143,3 +143,27 @@ def test_remove_tree_removes_5000_levels_and_never_follows_a_link(tmp_path):
     remove_tree(tmp_path / "fw")
     assert not (tmp_path / "fw").exists() and (outside / "keep").read_text() == "kept"
     remove_tree(tmp_path / "fw")  # already gone: nothing to do
+
+
+def test_reading_a_backup_of_folders_only_stops_when_cancelled(service: BackupService):
+    """Cancel is checked between members, not only when file content is read: a payload of
+    thousands of folders (and links) has none for a long way."""
+    import json
+    import tarfile
+    import threading
+
+    from backup.errors import InterruptedRunError
+    from tests.helpers import sealed_backup
+
+    def member(name: str, kind: bytes, data: bytes = b"") -> tuple[tarfile.TarInfo, bytes]:
+        info = tarfile.TarInfo(name)
+        info.type, info.size = kind, len(data)
+        return info, data
+
+    manifest = json.dumps({"format": "appliance-backup manifest", "version": 1, "components": []}).encode()
+    folders = [member("firmware" + "/d" * level, tarfile.DIRTYPE) for level in range(200)]
+    name = sealed_backup(service, [member("manifest.json", tarfile.REGTYPE, manifest), *folders])
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(InterruptedRunError):
+        service.verify(name, deep=True, cancel=cancel)
