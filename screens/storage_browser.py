@@ -413,7 +413,7 @@ class StorageBrowser(ModalScreen[Config | None]):
 
     def _say(self, sentence: str) -> None:
         self.sentence = sentence
-        self._show_line("#browser-message", sentence)
+        self._show_line("#browser-message", printable(sentence))  # names in the storage are anyone's
 
     def _task_line(self, text: str) -> None:
         self._show_line("#browser-task", text)
@@ -421,7 +421,6 @@ class StorageBrowser(ModalScreen[Config | None]):
     def _show_line(self, selector: str, text: str) -> None:
         """Show `text` under the details, scrolled into view: on 80x24 the details fill the panel."""
         widget = self.query_one(selector, Static)
-        text = printable(text)  # names in the storage are anyone's: no escape sequence reaches the terminal
         widget.update(text)
         widget.display = bool(text)
         if text:

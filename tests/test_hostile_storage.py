@@ -168,10 +168,28 @@ def test_a_fifo_and_a_link_on_an_nfs_share_are_refused_from_their_attributes(nfs
         client.symlink("sub", f"{share}/via")
     storage = NfsStorage(nfs_share, "4.1", timeout=5)
     try:
-        entries = {e.name: e for e in storage.list("")}
-        assert not entries["fifo.abk"].regular and not entries["link.abk"].regular and not entries["via"].is_dir
         for name in ("fifo.abk", "link.abk"):
             with fails_after(30, f"opening {name} over NFS"), pytest.raises(BackupNotFoundError, match=NOT_REGULAR):
                 storage.open(name)
+        entries = {e.name: e for e in storage.list("")}
+        assert not entries["fifo.abk"].regular and not entries["link.abk"].regular and not entries["via"].is_dir
     finally:
         storage.close()
+
+
+def test_no_link_is_followed_in_the_folders_of_a_path_either(tmp_path):
+    """The browser opens backups in sub-folders of the storage: a link among those folders is refused too."""
+    root, appliance = tmp_path / "storage", tmp_path / "appliance-etc"
+    root.mkdir()
+    appliance.mkdir()
+    (appliance / "shadow.abk").write_text(SECRET)
+    (root / "real").mkdir()
+    (root / "real" / "x.abk").write_bytes(b"backup")
+    os.symlink(appliance, root / "etc")
+    storage = LocalStorage(root)
+    with pytest.raises(BackupNotFoundError, match=NOT_REGULAR):
+        storage.open("etc/shadow.abk")
+    with storage.open("real/x.abk") as f:
+        assert f.read() == b"backup"
+    with pytest.raises(BackupNotFoundError, match="no backup named"):
+        storage.open("real/missing.abk")

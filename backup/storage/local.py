@@ -148,11 +148,11 @@ class LocalStorage:
     def open(self, name: str) -> BinaryIO:
         target = self._path(name)
         try:
-            fd = os.open(target, OPEN_FOR_READING)
+            fd = self._open_below_root(target)
         except (FileNotFoundError, IsADirectoryError):  # a folder of that name is no backup either
             raise BackupNotFoundError(f"There is no backup named {printable(name)} in the {self.description}.") from None
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link; a socket, or a device with nothing behind it
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):  # a link on the way; a socket or lone device
                 raise not_a_backup(name, self.description) from None
             raise storage_error(exc, f"Opening {printable(str(target))}") from None
         try:
@@ -163,6 +163,20 @@ class LocalStorage:
         except BaseException:
             os.close(fd)
             raise
+
+    def _open_below_root(self, target: Path) -> int:
+        """`target` opened for reading with no link followed below the root (in a folder of the path as at
+        its end); the root itself, the configured location, may be a link."""
+        *folders, last = target.relative_to(self.root).parts
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for folder in folders:
+                below = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = below
+            return os.open(last, OPEN_FOR_READING, dir_fd=fd)
+        finally:
+            os.close(fd)
 
     def delete(self, name: str) -> None:
         target = self._path(name)
