@@ -156,7 +156,10 @@ class LocalStorage:
                 raise not_a_backup(name, self.description) from None
             raise storage_error(exc, f"Opening {printable(str(target))}") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):  # a folder of that name is no backup either
+                raise BackupNotFoundError(f"There is no backup named {printable(name)} in the {self.description}.")
+            if not stat.S_ISREG(mode):
                 raise not_a_backup(name, self.description)
             os.set_blocking(fd, True)
             return os.fdopen(fd, "rb")
