@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from backup import __version__
 from backup.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config, resolve_config_path, update_config
 from backup.errors import BackupError, ConfigError, ExitCode
-from backup.humanize import ago, human_bytes
+from backup.humanize import ago, human_bytes, printable
 from backup.journal import RunRecord
 from backup.operators import check_operator
 from backup.progress import Progress
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(dispatch(args) or ExitCode.OK)
     except BackupError as exc:
-        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        print(f"{PROG}: {printable(exc.message)}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted.", file=sys.stderr)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # never a traceback on the operator's screen
         if os.environ.get("APPLIANCE_BACKUP_DEBUG"):
             raise
-        print(f"{PROG}: {describe(exc)} (set APPLIANCE_BACKUP_DEBUG=1 to see where)", file=sys.stderr)
+        print(f"{PROG}: {printable(describe(exc))} (set APPLIANCE_BACKUP_DEBUG=1 to see where)", file=sys.stderr)
         return int(ExitCode.FAILED)
 
 
@@ -197,7 +197,7 @@ class _ProgressLine:
             return
         pct = f"{p.fraction * 100:5.1f}%" if p.fraction is not None else "     "
         rate = f"{human_bytes(p.throughput)}/s" if p.throughput else ""
-        sys.stderr.write(f"\r{pct} {p.stage[:40]:<40} {human_bytes(p.done):>10} {rate:>12}")
+        sys.stderr.write(f"\r{pct} {printable(p.stage)[:40]:<40} {human_bytes(p.done):>10} {rate:>12}")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -218,11 +218,11 @@ def cmd_run(service: BackupService, args: argparse.Namespace) -> int:
             line.close()
     print(result.name)
     if result.skipped:
-        shown = ", ".join(result.skipped[:SKIPPED_SHOWN]) + (", ..." if len(result.skipped) > SKIPPED_SHOWN else "")
+        shown = ", ".join(printable(n) for n in result.skipped[:SKIPPED_SHOWN]) + (", ..." if len(result.skipped) > SKIPPED_SHOWN else "")
         print(f"not backed up: {len(result.skipped)} fifo(s), socket(s) or device(s), which no backup holds: {shown}",
               file=sys.stderr)
     for name in result.pruned:
-        print(f"retention removed {name}", file=sys.stderr)
+        print(f"retention removed {printable(name)}", file=sys.stderr)
     return ExitCode.OK
 
 
@@ -234,7 +234,7 @@ def cmd_list(service: BackupService, args: argparse.Namespace) -> int:
     if not backups:
         print(f"No backups in the {service.storage.description}.", file=sys.stderr)
     for b in backups:
-        print(f"{b.name}  {human_bytes(b.size):>10}  {b.created_at.astimezone():%Y-%m-%d %H:%M:%S %Z}")
+        print(f"{printable(b.name)}  {human_bytes(b.size):>10}  {b.created_at.astimezone():%Y-%m-%d %H:%M:%S %Z}")
     return ExitCode.OK
 
 
@@ -250,7 +250,7 @@ def cmd_verify(service: BackupService, args: argparse.Namespace) -> int:
                                     cancel=cancel)
         finally:
             line.close()
-    print(f"{result.name}: OK ({verified_sentence(result)})")
+    print(f"{printable(result.name)}: OK ({verified_sentence(result)})")
     return ExitCode.OK
 
 
@@ -270,7 +270,7 @@ def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             raise ConfigError("Restore replaces the appliance's state: confirm with --yes when there is no terminal to ask on.")
         service.storage.stat(args.name)  # a name that is not there is said before the question, not after
-        print(f"Restoring {args.name} replaces, on this appliance:\n"
+        print(f"Restoring {printable(args.name)} replaces, on this appliance:\n"
               f"  the firmware configuration  {appliance.firmware}\n"
               f"  the system configuration    {appliance.system}\n"
               f"  the internal database       {appliance.database}\n"
@@ -290,11 +290,12 @@ def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
                                      operator=args.operator)
         finally:
             line.close()
-    print(f"Restored {result.name} ({result.files} files). The previous state is kept in {result.rollback_dir}.")
+    print(f"Restored {printable(result.name)} ({result.files} files). "
+          f"The previous state is kept in {printable(str(result.rollback_dir))}.")
     if result.warnings:
         print(f"Warning: {refused_attributes_sentence(result.warnings, listed=False)} They are:")
         for line in result.warnings[:REFUSED_LISTED]:
-            print(f"  {line}")
+            print(f"  {printable(line)}")
         if len(result.warnings) > REFUSED_LISTED:
             print(f"  and {len(result.warnings) - REFUSED_LISTED} more (the journal names the first ones too)")
     return ExitCode.OK
@@ -341,19 +342,19 @@ def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
         print(f"  {p.get('stage', '')}: {human_bytes(p.get('done', 0))}{total}")
     if report.last_success and report.last_success.ended_at:
         when = report.last_success.ended_at
-        print(f"Last Successful Backup:         {when:%Y-%m-%d %H:%M:%S %Z} ({ago(when, service.clock())}) {report.last_success.name}")
+        print(f"Last Successful Backup:         {when:%Y-%m-%d %H:%M:%S %Z} ({ago(when, service.clock())}) {printable(report.last_success.name or '')}")
     else:
         print("Last Successful Backup:         none yet")
     print("Next Scheduled Backup:          " + (f"{report.next_scheduled:%Y-%m-%d %H:%M %Z}" if report.next_scheduled else "Schedule Disabled"))
     if report.last_failure:
-        print(f"Last backup could not be made:  {report.last_failure.error}")
+        print(f"Last backup could not be made:  {printable(report.last_failure.error or '')}")
     for warning in ([report.stale] if report.stale else []) + report.warnings:
-        print(f"Warning:                        {warning}")
+        print(f"Warning:                        {printable(warning)}")
     if report.progress and report.progress.get("inhibitor"):
-        print(f"Shutdown:                       {report.progress['inhibitor']}")
+        print(f"Shutdown:                       {printable(str(report.progress['inhibitor']))}")
     if not report.secret.is_set:
         print("Domain Master Secret:           not set (no backup can be made until it is)")
-    print(f"Storage:                        {report.storage}")
+    print(f"Storage:                        {printable(report.storage)}")
     return ExitCode.OK
 
 
@@ -387,7 +388,7 @@ def cmd_prune(service: BackupService, args: argparse.Namespace) -> int:
         print("No [retention] rule is set, so every backup is kept.")
     verb = "would delete" if args.dry_run else "deleted"
     for d in decisions:
-        print(f"{'keep  ' if d.keep else verb + ' '}{d.name}  ({', '.join(d.reasons)})")
+        print(f"{'keep  ' if d.keep else verb + ' '}{printable(d.name)}  ({', '.join(d.reasons)})")
     return ExitCode.OK
 
 

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from backup.errors import IntegrityError, UnsafeArchiveError
-from backup.fsutil import WriteBehind, sync_filesystem
+from backup.fsutil import WriteBehind, reach, sync_filesystem
 from backup.payload import PayloadConsumer, Stage, member_xattrs
 
 WORKERS = 1
@@ -83,6 +83,8 @@ class Extractor(PayloadConsumer):
         """Extended attributes the filesystem refused: (member name, attribute name, errno)."""
         self.links: dict[Path, tarfile.TarInfo] = {}
         self.seen_db = False
+        self._folder: tuple[str, PurePosixPath, Path] | None = None
+        """The last directory made (component, inner path, path): where the next members usually go."""
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="restore-write")  # files in archive order
         self._pending_bytes = 0
         self._room = threading.Condition()
@@ -108,21 +110,30 @@ class Extractor(PayloadConsumer):
                 raise IntegrityError(f"The backup holds an unexpected database member (database/{inner}).")
             self.seen_db = True
             return self.db_stage
+        folder = self._folder
+        if folder is not None and folder[0] == component and folder[1] == inner.parent:
+            return folder[2] / inner.name  # joining a Path parses every part again: quadratic in a deep tree
         return self.stages[component] / inner  # never at or below a link: walk_payload refuses those
 
     # ------------------------------------------------------------ members
 
     def directory(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> None:
         path = self._path(component, inner)
-        if str(inner) != ".":
-            path.mkdir(mode=0o700, exist_ok=True)
+        with reach(path) as (dir_fd, name):  # every path here: a tree may be deeper than PATH_MAX allows
+            if str(inner) != ".":
+                try:
+                    os.mkdir(name, 0o700, dir_fd=dir_fd)
+                except FileExistsError:
+                    if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                        raise
+            if os.geteuid() == 0:
+                _quietly(os.chown, name, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
         self.dir_modes.append((path, member))
-        if os.geteuid() == 0:
-            _quietly(os.chown, path, member.uid, member.gid, follow_symlinks=False)
+        self._folder = (component, inner, path)
 
     def symlink(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo) -> None:
         path = self._path(component, inner)  # refuses a second link of the same name
-        if os.path.lexists(path):
+        if _lexists(path):
             raise UnsafeArchiveError(f"The backup holds {component}/{inner} both as a link and as a file or folder; "
                                      "restore refused.")
         self.links[path] = member
@@ -132,8 +143,9 @@ class Extractor(PayloadConsumer):
         self._raise_worker_error()
         if member.size <= SMALL_FILE and path != self.db_stage:
             return _Buffer(path)  # type: ignore[return-value]
-        return _LargeFile(os.open(path, OPEN_FLAGS, 0o600), self._large, self._large_fds,  # type: ignore[return-value]
-                          self.refused)
+        with reach(path) as (dir_fd, name):
+            fd = os.open(name, OPEN_FLAGS, 0o600, dir_fd=dir_fd)
+        return _LargeFile(fd, self._large, self._large_fds, self.refused)  # type: ignore[return-value]
 
     def file_done(self, component: str, inner: PurePosixPath, member: tarfile.TarInfo, handle: BinaryIO) -> None:
         if isinstance(handle, _Buffer):
@@ -201,19 +213,26 @@ class Extractor(PayloadConsumer):
         if not self.seen_db:
             raise IntegrityError("The backup holds no internal database; nothing was changed.")
         for path, member in self.links.items():
-            try:
-                os.symlink(member.linkname, path)
-            except FileExistsError:
-                raise UnsafeArchiveError(f"The backup holds {path.name} both as a link and as a file or folder; "
-                                         "restore refused.") from None
-            if os.geteuid() == 0:
-                _quietly(os.chown, path, member.uid, member.gid, follow_symlinks=False)
-            _set_xattrs(path, member, self.refused)
-            _quietly(os.utime, path, (member.mtime, member.mtime), follow_symlinks=False)
+            with reach(path) as (dir_fd, name):
+                try:
+                    os.symlink(member.linkname, name, dir_fd=dir_fd)
+                except FileExistsError:
+                    raise UnsafeArchiveError(f"The backup holds {path.name} both as a link and as a file or folder; "
+                                             "restore refused.") from None
+                if os.geteuid() == 0:
+                    _quietly(os.chown, name, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
+                # setxattr has no *at() form: a deep link is reached through its open folder's /proc name
+                _set_xattrs(Path(name if dir_fd is None else f"/proc/self/fd/{dir_fd}/{name}"), member, self.refused)
+                _quietly(os.utime, name, (member.mtime, member.mtime), dir_fd=dir_fd, follow_symlinks=False)
         for path, member in reversed(self.dir_modes):  # the deepest first: setting one changes no other
-            os.chmod(path, _mode(member, path))
-            _set_xattrs(path, member, self.refused)
-            os.utime(path, (member.mtime, member.mtime))
+            with reach(path) as (dir_fd, name):
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                os.fchmod(fd, _mode(member, fd))
+                _set_xattrs(fd, member, self.refused)
+                os.utime(fd, (member.mtime, member.mtime))
+            finally:
+                os.close(fd)
         synced = set()
         for path in [*self.stages.values(), self.db_stage]:
             device = os.stat(path).st_dev
@@ -298,7 +317,8 @@ class _Flusher:
 
 
 def _write_small(path: Path, data: bytes | bytearray, member: tarfile.TarInfo, refused: list) -> None:
-    fd = os.open(path, OPEN_FLAGS, 0o600)
+    with reach(path) as (dir_fd, name):
+        fd = os.open(name, OPEN_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         _write_all(fd, data)
         _set_metadata(fd, member, refused)
@@ -369,6 +389,15 @@ _REASONS = {errno.EPERM: "not permitted to this user", errno.EACCES: "not permit
 def _shown(text: str) -> str:
     """A name as an operator may see it: quoted with escapes when it holds control or unprintable characters."""
     return text if text.isprintable() else repr(text)
+
+
+def _lexists(path: Path) -> bool:
+    with reach(path) as (dir_fd, name):
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:  # as os.path.lexists answers
+            return False
+    return True
 
 
 def _quietly(call, *args, **kwargs) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 WRITEBACK_STEP = 32 * 1024 * 1024
 """Every this many bytes written, WriteBehind asks the kernel to start putting them on the disk."""
@@ -109,3 +112,101 @@ def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
 def ensure_private_dir(path: Path) -> None:
     """Create `path` (and parents) with mode 0700 if missing."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+PATH_LIMIT = 3072
+"""Bytes of a path handed to the kernel in one piece. PATH_MAX (4096) bounds every path a system call
+takes, but not how deep a tree goes: a firmware tree 5,000 folders deep has paths of 10,000 bytes and
+more. Longer paths are reached a piece at a time (reach, open_directory)."""
+
+
+def open_directory(path: str | os.PathLike[str]) -> int:
+    """A descriptor of the directory `path`, however long the path: opened in pieces under PATH_LIMIT."""
+    rest = os.fsencode(path)
+    fd: int | None = None
+    try:
+        while rest:
+            if len(rest) < PATH_LIMIT:
+                piece, rest = rest, b""
+            else:
+                cut = rest.rfind(b"/", 1, PATH_LIMIT)
+                if cut < 1:
+                    raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), os.fsdecode(path))
+                piece, rest = rest[:cut], rest[cut + 1:]
+            opened = os.open(piece, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            if fd is not None:
+                os.close(fd)
+            fd = opened
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    if fd is None:
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), "")
+    return fd
+
+
+@contextmanager
+def reach(path: str | os.PathLike[str]) -> Iterator[tuple[int | None, str]]:
+    """(dir_fd, name) for the *at() form of a call on `path` (os.open(name, ..., dir_fd=dir_fd)): the path
+    itself and None when it is short enough, else its directory opened in pieces and its last name."""
+    text = os.fspath(path)
+    if len(os.fsencode(text)) < PATH_LIMIT:
+        yield None, text
+        return
+    parent, name = os.path.split(text)
+    fd = open_directory(parent)
+    try:
+        yield fd, name
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: str | os.PathLike[str], *, ignore_errors: bool = False) -> None:
+    """Remove the directory `path` and everything in it, however deep (shutil.rmtree of Python 3.11
+    recurses, one frame per level, and fails with RecursionError near 1,000 levels). Links are removed,
+    never followed. Two descriptors are open at a time: the walk goes back up through "..".
+    A missing `path` is no error; with `ignore_errors`, the first other failure ends it quietly."""
+    try:
+        _remove_tree(path)
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
+def _remove_tree(path: str | os.PathLike[str]) -> None:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with reach(path) as (dir_fd, name):
+            fd = os.open(name, flags, dir_fd=dir_fd)  # a link to a directory is refused (ELOOP), as rmtree does
+    except FileNotFoundError:
+        return
+    names: list[str] = []
+    try:
+        while True:
+            below = None
+            with os.scandir(fd) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        below = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=fd)
+            if below is not None:
+                child = os.open(below, flags, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                names.append(below)
+                continue
+            if not names:
+                break
+            parent = os.open("..", flags, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    with reach(path) as (dir_fd, name):
+        try:
+            os.rmdir(name, dir_fd=dir_fd)
+        except FileNotFoundError:  # removed meanwhile by someone else: gone all the same
+            pass

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 import zstandard
 
 from backup.errors import BackupError, IntegrityError, UnsafeArchiveError
+from backup.fsutil import open_directory, reach
 from backup.progress import Tracker
 
 MANIFEST_NAME = "manifest.json"
@@ -106,34 +107,85 @@ class ComponentScan:
 
 
 def scan_directory(name: str, root: Path) -> ComponentScan:
-    """Every entry below `root`, sorted, as members under `name/`. Sockets, fifos and devices are skipped."""
+    """Every entry below `root`, sorted, as members under `name/`. Sockets, fifos and devices are skipped.
+
+    The order is depth first, each directory's entries by name, a directory's content right after
+    it. A tree may be thousands of folders deep (one Python frame per level ended in RecursionError
+    near 1,000; paths pass PATH_MAX near 2,000): the walk keeps its own stack and one open directory,
+    going down by name and back up through "..", each step checked against the directory it left.
+    """
     scan = ComponentScan(name=name, source=root)
     st = os.stat(root)  # the configured directory, also when a link leads to it
     scan.entries.append(_entry(name, root, st))
-
-    def walk(directory: Path, prefix: str) -> None:
-        with os.scandir(directory) as it:
-            items = sorted(it, key=lambda d: d.name)
-        for item in items:
-            arcname = f"{prefix}/{item.name}"
-            st = item.stat(follow_symlinks=False)
+    fd = open_directory(root)
+    try:
+        pending = [(iter(_listed(fd, root, name)), os.fstat(fd), root)]
+        """(entries not walked yet, the directory as first opened, its path), the deepest last."""
+        while pending:
+            item = next(pending[-1][0], None)
+            if item is None:
+                pending.pop()
+                if pending:
+                    parent = _back_up(fd, *pending[-1][1:])
+                    os.close(fd)
+                    fd = parent
+                continue
+            arcname, path, st, link = item
             if stat.S_ISDIR(st.st_mode):
-                scan.entries.append(_entry(arcname, Path(item.path), st))
-                walk(Path(item.path), arcname)
+                try:
+                    below = os.open(path.name, DIRECTORY_FLAGS, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # gone since it was listed
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:  # a link stands there now
+                        continue
+                    raise
+                os.close(fd)
+                fd = below
+                scan.entries.append(_entry(arcname, path, st))
+                pending.append((iter(_listed(fd, path, arcname)), os.fstat(fd), path))
             elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                scan.entries.append(_entry(arcname, Path(item.path), st))
+                scan.entries.append(_entry(arcname, path, st, link))
             else:
                 scan.skipped.append(arcname)
-
-    walk(root, name)
+    finally:
+        os.close(fd)
     return scan
 
 
-def _entry(arcname: str, path: Path, st: os.stat_result) -> SourceEntry:
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _listed(fd: int, directory: Path, prefix: str) -> list[tuple[str, Path, os.stat_result, str]]:
+    """(arcname, path, lstat, link target or "") of each entry of the open directory, sorted by name."""
+    with os.scandir(fd) as it:
+        names = sorted(item.name for item in it)
+    listed = []
+    for item_name in names:
+        try:
+            st = os.stat(item_name, dir_fd=fd, follow_symlinks=False)
+            link = os.readlink(item_name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else ""
+        except FileNotFoundError:  # removed since it was listed: no longer on the appliance
+            continue
+        listed.append((f"{prefix}/{item_name}", directory / item_name, st, link))
+    return listed
+
+
+def _back_up(fd: int, expected: os.stat_result, path: Path) -> int:
+    """The parent of the open directory `fd`, which must still be the directory walked before."""
+    parent = os.open("..", DIRECTORY_FLAGS, dir_fd=fd)
+    st = os.fstat(parent)
+    if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
+        os.close(parent)
+        raise BackupError(f"{path} was moved while it was being backed up: run the backup again.")
+    return parent
+
+
+def _entry(arcname: str, path: Path, st: os.stat_result, link: str | None = None) -> SourceEntry:
     if stat.S_ISDIR(st.st_mode):
         kind, size, link = "dir", 0, ""
     elif stat.S_ISLNK(st.st_mode):
-        kind, size, link = "symlink", 0, os.readlink(path)
+        kind, size, link = "symlink", 0, os.readlink(path) if link is None else link
     else:
         kind, size, link = "file", st.st_size, ""
     return SourceEntry(arcname=arcname, path=path, kind=kind, size=size, mode=stat.S_IMODE(st.st_mode),
@@ -296,7 +348,8 @@ class PayloadWriter:
         """
         for _ in range(READ_ATTEMPTS):
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+                with reach(path) as (dir_fd, name):  # a path of any length (a very deep tree)
+                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
             except (FileNotFoundError, IsADirectoryError):
                 return
             except OSError as exc:
@@ -618,23 +671,33 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-def safe_member_path(name: str) -> tuple[str, PurePosixPath]:
-    """Split a member name into its component and a path inside it; refuse anything that could escape."""
+def safe_member_path(name: str, folder: tuple[str, PurePosixPath] | None = None) -> tuple[str, PurePosixPath]:
+    """Split a member name into its component and a path inside it; refuse anything that could escape.
+
+    `folder`, the inner path of the last folder read (as text and path), is where the next members
+    usually are: their path is made from it instead of parsed whole, which in a tree thousands of
+    folders deep made reading a backup quadratic in its depth.
+    """
     if "\0" in name:
         raise UnsafeArchiveError(f"The backup holds a member with a forbidden character in its name ({name!r}); restore refused.")
-    path = PurePosixPath(name)
-    if path.is_absolute():
+    if name.startswith("/"):
         raise UnsafeArchiveError(f"The backup holds a member with an absolute path ({name!r}); restore refused.")
-    if any(part in ("..", "") for part in name.rstrip("/").split("/")):
+    parts = name.rstrip("/").split("/")
+    if ".." in parts or "" in parts:
         raise UnsafeArchiveError(f"The backup holds a member whose path leaves its folder ({name!r}); restore refused.")
-    component = path.parts[0]
-    if component not in COMPONENTS:
+    if "." in parts:
+        parts = [part for part in parts if part != "."]  # as PurePosixPath reads them
+    if not parts or parts[0] not in COMPONENTS:
         raise UnsafeArchiveError(f"The backup holds a member outside the known components ({name!r}); restore refused.")
-    return component, PurePosixPath(*path.parts[1:]) if len(path.parts) > 1 else PurePosixPath(".")
+    if len(parts) == 1:
+        return parts[0], PurePosixPath(".")
+    if folder is not None and len(parts) > 2 and folder[0] == "/".join(parts[1:-1]):
+        return parts[0], folder[1] / parts[-1]
+    return parts[0], PurePosixPath("/".join(parts[1:]))
 
 
-def check_not_through_a_link(links: set[tuple[str, PurePosixPath]], component: str, inner: PurePosixPath) -> None:
-    """Refuse a member at or below one of the backup's own links (`links`: those read so far).
+def check_not_through_a_link(links: set[str], component: str, inner: PurePosixPath) -> None:
+    """Refuse a member at or below one of the backup's own links (`links`: those read so far, "component/inner").
 
     A link may point anywhere, as the appliance's own did (/etc/localtime ->
     /usr/share/zoneinfo/...): a restore makes links last and writes nothing
@@ -642,7 +705,16 @@ def check_not_through_a_link(links: set[tuple[str, PurePosixPath]], component: s
     through it, and links that each look harmless can lead out of the
     component followed one through another (d/s -> .., d/l -> s/../..).
     """
-    if links and ((component, inner) in links or any((component, parent) in links for parent in inner.parents)):
+    if not links:
+        return
+    path = f"{component}/{inner}"
+    if path in links:
+        through = True
+    elif len(links) <= path.count("/"):  # whichever is fewer: the links, or the folders above the member
+        through = any(path.startswith(f"{link}/") for link in links)
+    else:
+        through = any(path[:i] in links for i, char in enumerate(path) if char == "/")
+    if through:
         raise UnsafeArchiveError(f"The backup holds a member at or inside one of its symbolic links "
                                  f"({component}/{inner}); restore refused.")
 
@@ -739,13 +811,17 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
     hashing = Stage(lambda item: item[0].update(item[1]), name="verify-hash", depth=16)
     digests: list[tuple[str, str, Any]] = []
     """(component, member name, its sha256 object), in archive order."""
-    links: set[tuple[str, PurePosixPath]] = set()
+    folder: tuple[str, PurePosixPath] | None = None
+    """The last folder read: where the next members usually are (see safe_member_path)."""
+    links: set[str] = set()
+    """The backup's links read so far, as "component/inner"."""
     try:
         tar = open_tar_stream(decompressed(archive))
         manifest = _first_manifest(tar)
         checksums = None
         summary = PayloadSummary(manifest=manifest, checksums={})
         while (member := tar.next()) is not None:
+            tracker.check_cancel()  # also between members without content (a tree of folders and links)
             if checksums is not None:
                 raise IntegrityError(f"The backup holds a member after its checksums ({member.name!r}).")
             if member.name == CHECKSUMS_NAME:
@@ -753,15 +829,16 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
                     raise IntegrityError("The backup's checksum list is malformed.")
                 checksums = json.loads(tar.extractfile(member).read())
                 continue
-            component, inner = safe_member_path(member.name)
+            component, inner = safe_member_path(member.name, folder)
             if member.issym() and str(inner) == ".":
                 member = _root_as_directory(member)
             member_xattrs(member)  # checked here: deep verify refuses what a restore would
             check_not_through_a_link(links, component, inner)
             if member.isdir():
                 consumer.directory(component, inner, member)
+                folder = (str(inner), inner)
             elif member.issym():
-                links.add((component, inner))
+                links.add(f"{component}/{inner}")
                 consumer.symlink(component, inner, member)
             elif member.isreg() and not member.issparse():
                 digest = hashlib.sha256()

@@ -52,7 +52,7 @@ from backup.errors import (
     WrongDmsError,
 )
 from backup.extract import Extractor
-from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
+from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir, remove_tree
 from backup.humanize import human_bytes
 from backup.inhibit import shutdown_inhibitor
 from backup.journal import RunJournal, RunRecord, interrupted_error
@@ -243,14 +243,14 @@ class BackupService:
         closed = self.journal.recover(now=self.clock(), alive=pid_alive)
         for leftover in (self.state_dir / "tmp").glob("*"):  # no run holds them: we hold the lock
             if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)  # not ours, but in our directory: gone, not fatal
+                remove_tree(leftover, ignore_errors=True)  # not ours, but in our directory: gone, not fatal
             else:
                 leftover.unlink(missing_ok=True)
         for copy in (self.state_dir / "rollback").glob("*"):
             # A restore killed before its swap began replaced nothing: its copy has no phase yet.
             # No restore runs now (we hold the lock), so any such copy is left over.
             if copy.is_dir() and _read_phase(copy) is None:
-                shutil.rmtree(copy, ignore_errors=True)
+                remove_tree(copy, ignore_errors=True)
         for run in closed:
             if run.kind == "restore":
                 self._finish_interrupted_restore(run.id)
@@ -679,7 +679,7 @@ class BackupService:
         """Backups in the storage, newest first."""
         backups = []
         for entry in self.storage.list(""):
-            if entry.is_dir or not entry.name.endswith(BACKUP_SUFFIX):
+            if not entry.regular or not entry.name.endswith(BACKUP_SUFFIX):  # a FIFO or link by that name is no backup
                 continue
             backups.append(BackupInfo(name=entry.name, size=entry.size, created_at=created_at(entry.name, entry.mtime)))
         backups.sort(key=lambda b: (b.created_at, b.name), reverse=True)
@@ -820,9 +820,9 @@ class BackupService:
             if consumer is not None:
                 consumer.close()
             if not swapping:  # nothing was replaced: no rollback copy to keep
-                shutil.rmtree(paths["rollback"], ignore_errors=True)
+                remove_tree(paths["rollback"], ignore_errors=True)
             for stage in stages.values():
-                shutil.rmtree(stage, ignore_errors=True)
+                remove_tree(stage, ignore_errors=True)
             db_stage.unlink(missing_ok=True)
         tracker.set_stage("Done")
         return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files,
@@ -891,7 +891,7 @@ class BackupService:
             old = paths[f"{component}.old"]
             if old.exists():
                 if target.exists():
-                    shutil.rmtree(target)
+                    remove_tree(target)
                 os.rename(old, target)
                 fsync_dir(target.parent)
         old_db, live_db = paths["database.old"], paths["database"]
@@ -918,7 +918,7 @@ class BackupService:
         finished = sorted((d for d in root.iterdir() if d.is_dir() and _read_phase(d) in ("done", "undone")),
                           key=lambda d: (d / "PHASE").stat().st_mtime_ns)
         for old in finished[:-KEEP_ROLLBACKS]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old, ignore_errors=True)
 
     def _finish_interrupted_restore(self, run_id: str) -> None:
         """After a crash mid-restore: the appliance ends fully old or fully restored, never mixed."""
@@ -930,7 +930,7 @@ class BackupService:
         elif phase == "committed":
             self._keep_old_state(run_id)
         for key in ("firmware.stage", "system.stage"):
-            shutil.rmtree(paths[key], ignore_errors=True)
+            remove_tree(paths[key], ignore_errors=True)
         paths["database.stage"].unlink(missing_ok=True)
         old_db = paths["database.old"]
         old_db.with_name(old_db.name + ".partial").unlink(missing_ok=True)  # a copy replace() had begun

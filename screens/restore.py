@@ -19,6 +19,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Static
 
 from backup.config import Config
+from tui.format import printable
 from tui.messages import Concealed
 from widgets.secret_input import SecretInput
 
@@ -32,7 +33,7 @@ class RestoreConfirmed:
 
 def restore_warning(name: str, config: Config) -> str:
     appliance = config.appliance
-    return (f"Restoring {name} replaces this appliance's state with the backup's:\n"
+    return (f"Restoring {printable(name)} replaces this appliance's state with the backup's:\n"
             f"  firmware configuration  {appliance.firmware}\n"
             f"  system configuration    {appliance.system}\n"
             f"  internal database       {appliance.database}\n"
@@ -111,7 +112,7 @@ class ConfirmDeleteScreen(_Dialog):
     def compose(self) -> ComposeResult:
         with Vertical(id="delete-dialog", classes="dialog"):
             yield Static("Delete this backup?", classes="section-title")
-            yield Static(f"The backup file {self.backup_name} in {self.where} is deleted for good; "
+            yield Static(f"The backup file {printable(self.backup_name)} in {printable(self.where)} is deleted for good; "
                          "it cannot be restored afterwards.", id="delete-warning", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Keep it", id="cancel", variant="primary", compact=True)
@@ -137,7 +138,7 @@ class PassphraseScreen(_Dialog):
     def compose(self) -> ComposeResult:
         with Vertical(id="passphrase-dialog", classes="dialog"):
             yield Static("Domain Master Secret of this backup", classes="section-title")
-            yield Static(f"This appliance's DMS does not open {self.backup_name}: give the DMS it was made with.",
+            yield Static(f"This appliance's DMS does not open {printable(self.backup_name)}: give the DMS it was made with.",
                          markup=False)
             field = SecretInput(id="backup-dms", placeholder="the backup's DMS", compact=True)
             field.cursor_blink = self.blink_cursor

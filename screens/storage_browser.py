@@ -46,6 +46,7 @@ from tui.messages import (
 from widgets.backup_details import BackupDetailsView
 from widgets.run_progress import bar, details as progress_details
 from widgets.storage_info import StorageInfo
+from tui.format import printable
 from widgets.storage_tree import StorageTree
 
 PAGE_SIZE = 200
@@ -286,7 +287,7 @@ class StorageBrowser(ModalScreen[Config | None]):
     def open_directory(self, path: str, *, select: str | None = None) -> None:
         self._show_details(None)
         self._say("")
-        self.query_one("#browser-path", Static).update(f"Location: {self.location.shown(path)}")
+        self.query_one("#browser-path", Static).update(f"Location: {printable(self.location.shown(path))}")
         self.query_one(StorageInfo).show_loading(self.location.shown(path))
         self.storage_tree.show_directory(path, at_top=path == "", select=select)
         self.load_info(path)
@@ -348,7 +349,7 @@ class StorageBrowser(ModalScreen[Config | None]):
         elif row.is_backup:
             self.select_backup(join(tree.path, row.name))
         else:
-            self._say(f"{row.name} is not a backup file (backups end in .abk).")
+            self._say(f"{row.name} is not a backup file (backups are regular files ending in .abk).")
 
     @on(StorageTree.Highlighted)
     def _highlighted(self, message: StorageTree.Highlighted) -> None:
@@ -412,7 +413,7 @@ class StorageBrowser(ModalScreen[Config | None]):
 
     def _say(self, sentence: str) -> None:
         self.sentence = sentence
-        self._show_line("#browser-message", sentence)
+        self._show_line("#browser-message", printable(sentence))  # names in the storage are anyone's
 
     def _task_line(self, text: str) -> None:
         self._show_line("#browser-task", text)

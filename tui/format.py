@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from backup.humanize import ago, human_bytes
+from backup.humanize import ago, human_bytes, printable
 
-__all__ = ["ago", "human_bytes", "timestamp", "duration", "when_and_ago"]
+__all__ = ["ago", "human_bytes", "printable", "timestamp", "duration", "when_and_ago"]
 
 
 def timestamp(when: datetime, now: datetime) -> str:

@@ -9,7 +9,7 @@ from textual.containers import Grid
 from textual.widgets import Static
 
 from backup.service import StatusReport
-from tui.format import timestamp, when_and_ago
+from tui.format import printable, timestamp, when_and_ago
 
 ROWS = (
     ("state", "Current Backup Status"),
@@ -48,7 +48,7 @@ class StatusTable(Grid):
 
     def _set(self, key: str, text: str) -> Static:
         cell = self.query_one(f"#value-{key}", Static)
-        cell.update(text)
+        cell.update(printable(text))  # errors and the storage's description hold names from the storage
         return cell
 
     def show(self, report: StatusReport, now: datetime, *, running_here: bool = False) -> None:

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from backup.storage import Usage
-from tui.format import human_bytes
+from tui.format import human_bytes, printable
 
 
 def permissions(readable: bool, writable: bool) -> str:
@@ -31,7 +31,7 @@ def info_table(rows: list[tuple[str, str]], label_width: int) -> Table:
     table.add_column(no_wrap=True, width=label_width, style="bold")
     table.add_column(overflow="fold", ratio=1)
     for label, value in rows:
-        table.add_row(Text(label), Text(value))
+        table.add_row(Text(label), Text(printable(value)))  # names and paths come from the storage
     return table
 
 

@@ -24,6 +24,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from backup.humanize import printable
 from backup.storage import Entry
 from tui.format import human_bytes
 
@@ -64,7 +65,7 @@ class Row(NamedTuple):
 def kind_of(entry: Entry) -> int:
     if entry.is_dir:
         return DIRECTORY
-    return BACKUP if entry.name.endswith(BACKUP_SUFFIX) else FILE
+    return BACKUP if entry.regular and entry.name.endswith(BACKUP_SUFFIX) else FILE  # a FIFO or link is no backup
 
 
 def icon(row: Row) -> str:
@@ -314,7 +315,7 @@ class StorageTree(ScrollView, can_focus=True):
         if index >= self.count:
             if index == self.count and self.note:
                 style = base + self.get_component_rich_style("storage-tree--note")
-                return Strip([Segment(f" {self.note}".ljust(width)[:width], style)], width)
+                return Strip([Segment(f" {printable(self.note)}".ljust(width)[:width], style)], width)
             return Strip.blank(width, base)
         row = self.row(index)
         style = base
@@ -329,7 +330,7 @@ class StorageTree(ScrollView, can_focus=True):
     @staticmethod
     def _text(row: Row, width: int) -> str:
         size = "" if row.is_dir else human_bytes(row.size)
-        name = row.name + ("/" if row.is_dir and not row.is_up else "")
+        name = printable(row.name) + ("/" if row.is_dir and not row.is_up else "")
         room = max(1, width - 6 - len(size))
         if len(name) > room:
             # Cut in the middle, keeping more of the end: backup names differ by the time and suffix they end with.

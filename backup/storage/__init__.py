@@ -25,6 +25,9 @@ class Entry:
     """Permission bits only."""
     uid: int
     gid: int
+    regular: bool = True
+    """A regular file. False for a folder, and for a link, FIFO, socket or device, which backends
+    show as they are (a link is never followed) and never open."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,10 @@ class Storage(Protocol):
 
     def create(self, name: str) -> AtomicFile: ...
 
-    def open(self, name: str) -> BinaryIO: ...
+    def open(self, name: str) -> BinaryIO:
+        """A regular file, read from the start. Never follows a link and never blocks on a FIFO or device:
+        anything that is not a regular file is refused (BackupNotFoundError) before a byte is read."""
+        ...
 
     def delete(self, name: str) -> None: ...
 

@@ -10,7 +10,17 @@ from typing import BinaryIO
 
 from backup.errors import BackupNotFoundError, StorageError, StorageFullError
 from backup.fsutil import WriteBehind, fsync_dir
+from backup.humanize import printable
 from backup.storage import PARTIAL_SUFFIX, Entry, Usage
+
+OPEN_FOR_READING = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""How a file in the storage is opened: never through a link, never waiting for a FIFO's writer or a
+device (anyone who can write to the storage could have put one under a backup's name)."""
+
+
+def not_a_backup(name: str, description: str) -> BackupNotFoundError:
+    return BackupNotFoundError(f"{printable(name)} in the {description} is not a regular file (a link, FIFO, "
+                               "socket or device stands there): it is no backup and was not opened.")
 
 
 def storage_error(exc: OSError, what: str) -> StorageError:
@@ -100,17 +110,17 @@ class LocalStorage:
                     if limit is not None and len(entries) >= limit:
                         break
                     try:
-                        entries.append(self._entry(item.name, item.stat(follow_symlinks=True)))
+                        entries.append(self._entry(item.name, item.stat(follow_symlinks=False)))
                     except OSError:
-                        continue  # vanished or a dangling link: not something to show
+                        continue  # vanished: not something to show
         except OSError as exc:
             raise storage_error(exc, f"Listing {directory}") from None
         return entries
 
     def stat(self, path: str) -> Entry:
         target = self._path(path)
-        try:
-            return self._entry(target.name, os.stat(target))
+        try:  # the location itself may be a link (as configured); nothing inside it is followed
+            return self._entry(target.name, os.stat(target, follow_symlinks=not path))
         except FileNotFoundError:
             raise BackupNotFoundError(f"{target} does not exist in the storage.") from None
         except OSError as exc:
@@ -138,11 +148,38 @@ class LocalStorage:
     def open(self, name: str) -> BinaryIO:
         target = self._path(name)
         try:
-            return open(target, "rb")
+            fd = self._open_below_root(target)
         except (FileNotFoundError, IsADirectoryError):  # a folder of that name is no backup either
-            raise BackupNotFoundError(f"There is no backup named {name} in the {self.description}.") from None
+            raise BackupNotFoundError(f"There is no backup named {printable(name)} in the {self.description}.") from None
         except OSError as exc:
-            raise storage_error(exc, f"Opening {target}") from None
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):  # a link on the way; a socket or lone device
+                raise not_a_backup(name, self.description) from None
+            raise storage_error(exc, f"Opening {printable(str(target))}") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):  # a folder of that name is no backup either
+                raise BackupNotFoundError(f"There is no backup named {printable(name)} in the {self.description}.")
+            if not stat.S_ISREG(mode):
+                raise not_a_backup(name, self.description)
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _open_below_root(self, target: Path) -> int:
+        """`target` opened for reading with no link followed below the root (in a folder of the path as at
+        its end); the root itself, the configured location, may be a link."""
+        *folders, last = target.relative_to(self.root).parts
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for folder in folders:
+                below = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = below
+            return os.open(last, OPEN_FOR_READING, dir_fd=fd)
+        finally:
+            os.close(fd)
 
     def delete(self, name: str) -> None:
         target = self._path(name)
@@ -157,4 +194,4 @@ class LocalStorage:
     @staticmethod
     def _entry(name: str, st: os.stat_result) -> Entry:
         return Entry(name=name, is_dir=stat.S_ISDIR(st.st_mode), size=st.st_size, mtime=st.st_mtime,
-                     mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid)
+                     mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, regular=stat.S_ISREG(st.st_mode))

@@ -34,7 +34,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable, TypeVar
 
 from backup.errors import BackupError, BackupNotFoundError, StorageError, StorageFullError
+from backup.humanize import printable
 from backup.storage import PARTIAL_SUFFIX, Entry, Usage
+from backup.storage.local import not_a_backup
 from backup.storage.nfsurl import NfsUrl, parse_nfs_url
 
 T = TypeVar("T")
@@ -470,10 +472,24 @@ class NfsStorage:
         return NfsAtomicFile(self, name)
 
     def open(self, name: str) -> BinaryIO:
+        """The file's type is read from its attributes first: a FIFO, device or link is refused before
+        any OPEN or READ (the server does not follow links, in the path or at its end)."""
+        nfs_rs = _nfs_rs()
         target = self._path(name)
-        missing = f"There is no backup named {name} in the {self.description}."
-        raw = self._call(f"Opening {self._shown(name)}", lambda c: _NfsReader(self, c, c.open(target, "rb"), name),
-                         missing=missing, missing_error=BackupNotFoundError)
+        missing = f"There is no backup named {printable(name)} in the {self.description}."
+
+        def op(client: Any) -> _NfsReader:
+            if client.stat(target).type != nfs_rs.FileType.FILE:
+                raise not_a_backup(name, self.description)
+            try:
+                file = client.open(target, "rb")
+            except nfs_rs.NfsError as exc:
+                if getattr(exc, "code_name", None) in NOT_A_FILE_CODES:  # replaced since the look
+                    raise not_a_backup(name, self.description) from None
+                raise
+            return _NfsReader(self, client, file, name)
+
+        raw = self._call(f"Opening {self._shown(printable(name))}", op, missing=missing, missing_error=BackupNotFoundError)
         return io.BufferedReader(raw, buffer_size=READ_BUFFER)  # type: ignore[return-value]
 
     def delete(self, name: str) -> None:
@@ -528,6 +544,9 @@ class NfsStorage:
             return sorted(p.split("/", 1)[1] for p in self._pending_removals)
 
 
+NOT_A_FILE_CODES = frozenset({"NFS4ERR_SYMLINK", "NFS4ERR_WRONG_TYPE", "NFS4ERR_ISDIR", "NFS4ERR_NOTDIR"})
+"""What OPEN answers for a name that is no regular file, or whose path goes through a link."""
+
 _STALE_CODES = frozenset({
     "NFS4ERR_STALE_CLIENTID", "NFS4ERR_STALE_STATEID", "NFS4ERR_BADSESSION", "NFS4ERR_DEADSESSION",
     "NFS4ERR_EXPIRED", "NFS4ERR_BAD_STATEID", "NFS4ERR_CONN_NOT_BOUND_TO_SESSION",
@@ -564,7 +583,8 @@ def _close_quietly(obj: Any) -> None:
 def _entry(name: str, info: Any) -> Entry:
     nfs_rs = _nfs_rs()
     return Entry(name=name, is_dir=info.type == nfs_rs.FileType.DIRECTORY, size=info.size,
-                 mtime=info.mtime / 1e9, mode=info.mode & 0o7777, uid=info.uid, gid=info.gid)
+                 mtime=info.mtime / 1e9, mode=info.mode & 0o7777, uid=info.uid, gid=info.gid,
+                 regular=info.type == nfs_rs.FileType.FILE)
 
 
 class NfsAtomicFile:
