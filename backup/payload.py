@@ -506,8 +506,20 @@ def xattr_records(target: int | Path, *, follow_symlinks: bool = False) -> dict[
     without extended attributes has none; one removed meanwhile is left out,
     and so are those of an entry removed since the scan (it is stored as scanned).
     """
-    path_or_fd: Any = target if isinstance(target, int) else os.fspath(target)
-    follow = {} if isinstance(target, int) else {"follow_symlinks": follow_symlinks}
+    if isinstance(target, int):
+        return _xattr_records(target, {})
+    try:
+        with reach(target) as (dir_fd, name):
+            # the xattr calls have no *at() form: a path past PATH_MAX goes through its open folder's /proc name
+            where = name if dir_fd is None else f"/proc/self/fd/{dir_fd}/{name}"
+            return _xattr_records(where, {"follow_symlinks": follow_symlinks})
+    except OSError as exc:  # a folder on the way removed since the scan
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return {}
+        raise
+
+
+def _xattr_records(path_or_fd: int | str, follow: dict[str, bool]) -> dict[str, str]:
     try:
         names = os.listxattr(path_or_fd, **follow)
     except OSError as exc:

@@ -90,7 +90,9 @@ def test_prune_neither_counts_nor_touches_a_fifo_that_looks_like_the_newest_back
     service = BackupService(update_config(service.config, RetentionPolicy(keep_last=1).to_config()), kdf_params=FAST_KDF)
     with fails_after(20, "prune"):
         decisions = service.prune()
-    assert [(d.name, d.keep) for d in decisions] == [(hostile["genuine"], True)]
+    counted = [(d.name, d.keep) for d in decisions if not d.reasons[0].startswith("not counted")]
+    assert counted == [(hostile["genuine"], True)]
+    assert all(d.keep for d in decisions)
     storage = service.config.storage.path
     assert (storage / hostile["genuine"]).exists() and os.path.lexists(storage / hostile["fifo"])
 
