@@ -653,7 +653,9 @@ class BackupService:
     def _read_facts(self, entry: Entry) -> tuple[BackupFacts, bool]:
         """Open one file with this appliance's key; (its facts, whether they may be cached)."""
         base = BackupFacts(name=entry.name, size=entry.size, mtime=entry.mtime)
-        if entry.size < HEADER_LENGTH + TAG_LENGTH:  # not even opened: a fifo or a device is 0 bytes too
+        if not entry.regular:  # never opened: a fifo would block, a link could lead anywhere
+            return replace(base, problem="it is not a regular file (a link, fifo or device)"), True
+        if entry.size < HEADER_LENGTH + TAG_LENGTH:  # too small to hold a header: not even opened
             problem = "it is empty" if entry.size == 0 else f"it is too small to be a backup ({entry.size} bytes)"
             return replace(base, problem=problem), True
         try:
