@@ -564,6 +564,9 @@ class _BoundedTarInfo(tarfile.TarInfo):
             raise refused(f"holds a tar header whose checksum or fields are wrong at byte {where} of the tar "
                           "stream") from None
         obj.typeflag = buf[156:157]
+        after_pax, tar.after_pax = getattr(tar, "after_pax", False), obj.typeflag == tarfile.XHDTYPE
+        if after_pax and tar.after_pax:
+            raise refused(f"holds two pax extended headers in a row at byte {where} of the tar stream")
         prefix = buf[345:500].split(b"\0", 1)[0]
         name = buf[0:100].split(b"\0", 1)[0]
         obj.raw_name = (prefix + b"/" + name if prefix else name).decode(tar.encoding, tar.errors)
@@ -651,6 +654,8 @@ class _ZstdFrames:
             fhd = head[0]
             if fhd & 0x08:
                 raise refused(f"holds zstd frame {self.frames} with a reserved bit set")
+            if fhd & 0x03:
+                raise refused(f"holds zstd frame {self.frames}, which needs a dictionary")
             if not fhd & 0x04:
                 raise refused(f"holds zstd frame {self.frames} without a content checksum")
             single = bool(fhd & 0x20)
