@@ -29,7 +29,7 @@ from backup.cli import verified_sentence
 from backup.config import Config
 from backup.errors import StorageError
 from backup.progress import Progress
-from backup.service import BackupDetails, BackupService, describe
+from backup.service import BackupDetails, BackupService, describe, foreign_note
 from backup.storage import Entry, Storage, Usage
 from screens.restore import ConfirmDeleteScreen, ConfirmRestoreScreen, PassphraseScreen, RestoreConfirmed
 from tui.messages import (
@@ -503,7 +503,8 @@ class StorageBrowser(ModalScreen[Config | None]):
 
         self.app.push_screen(ConfirmRestoreScreen(PurePosixPath(path).name, self.app.config,
                                                   ask_dms=not self.details.opens_with_this_dms,
-                                                  blink_cursor=self.app.blink_cursor), answered)
+                                                  blink_cursor=self.app.blink_cursor,
+                                                  foreign=foreign_note(self.details)), answered)
 
     def action_delete(self) -> None:
         if self.selected is None:
