@@ -138,6 +138,28 @@ def _octal(field: bytes) -> int:
     return int(field.strip(b"\0 ") or b"0", 8)
 
 
+def _json(data: bytes, what: str, *, strict: bool) -> dict:
+    """JSON text (RFC 8259, UTF-8); `strict`: no lone surrogate (\\udcXX), which other languages' parsers refuse."""
+    value = json.loads(data.decode("utf-8"))
+
+    def strings(v):
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            for key, item in v.items():
+                yield key
+                yield from strings(item)
+        elif isinstance(v, list):
+            for item in v:
+                yield from strings(item)
+
+    if strict and any(0xD800 <= ord(c) <= 0xDFFF for text in strings(value) for c in text):
+        raise Refusal(what, "a lone surrogate in JSON text")
+    if not isinstance(value, dict):
+        raise Refusal(what, "not a JSON object")
+    return value
+
+
 def _pax(data: bytes) -> dict[bytes, bytes]:
     records, at = {}, 0
     while at < len(data):
@@ -197,9 +219,11 @@ def read(data: bytes, passphrase: str) -> dict:
         if manifest is None:
             if name != b"manifest.json" or kind != b"0" or size > 2**20:
                 raise Refusal("manifest", "not first")
-            manifest = json.loads(body)
+            manifest = _json(body, "manifest", strict=False)
             if manifest.get("format") != "appliance-backup manifest" or manifest.get("version") not in (1, 2):
                 raise Refusal("manifest", "format or version")
+            if manifest["version"] >= 2:
+                _json(body, "manifest", strict=True)
             names.add(name)
             continue
         if checksums is not None:
@@ -208,7 +232,7 @@ def read(data: bytes, passphrase: str) -> dict:
             raise Refusal("duplicate", repr(name))
         names.add(name)
         if name == b"checksums.json":
-            checksums = json.loads(body)
+            checksums = _json(body, "checksum", strict=manifest["version"] >= 2)
             continue
         parts = name.split(b"/")
         if b"\0" in name or any(part in (b"", b".", b"..") for part in parts) or parts[0] not in COMPONENTS:

@@ -105,6 +105,7 @@ def test_the_spec_reader_reads_a_fresh_backup_with_awkward_names(service: Backup
     (firmware / "a-b").write_text("2\n")
     Path(os.fsdecode(os.fsencode(firmware) + b"/\xff\xfe.bin")).write_bytes(b"binary name\n")
     (firmware / "back\\slash\nnewline").write_text("3\n")
+    os.mkfifo(os.fsencode(firmware) + b"/fifo-\xff")  # skipped: named in the manifest as text
     name = service.run_backup().name
     found = spec.read((service.config.storage.path / name).read_bytes(), PASSPHRASE)
     order = [m.get("name") for m in found["members"]]
@@ -113,6 +114,7 @@ def test_the_spec_reader_reads_a_fresh_backup_with_awkward_names(service: Backup
             "sha256": hashlib.sha256(b"binary name\n").hexdigest(), "size": 12} in found["members"]
     assert "firmware/back\\slash\nnewline" in order
     assert found["manifest"]["version"] == 2 and found["manifest"]["backup"] == name
+    assert found["manifest"]["components"][0]["skipped"] == ["firmware/fifo-\ufffd"]
     checksums = service.verify(name, deep=True)
     assert checksums.files == sum(1 for m in found["members"] if m["type"] == "file")
 
