@@ -149,14 +149,25 @@ def test_verify_deep_and_restore_refuse_every_invalid_payload_vector_with_exit_5
 
 
 @pytest.mark.parametrize("name", sorted(VALID))
-def test_verify_deep_accepts_every_valid_payload_vector(foreign, name: str) -> None:
+def test_verify_deep_and_restore_accept_every_valid_payload_vector(foreign, name: str) -> None:
     service, secret = foreign
     entry = VALID[name]
     shutil.copy(PAYLOAD / entry["file"], service.config.storage.path / entry["file"])
     r = run_cli("verify", "--deep", entry["file"], "--passphrase-file", secret, config=service.config)
     assert r.returncode == 0, r.stderr
-    assert service.verify(entry["file"], deep=True, passphrase=INDEX["passphrase"]).files == \
-        sum(1 for m in entry["members"] if m["type"] == "file")
+    files = sum(1 for m in entry["members"] if m["type"] == "file")
+    assert service.verify(entry["file"], deep=True, passphrase=INDEX["passphrase"]).files == files
+    r = run_cli("restore", "--yes", entry["file"], "--passphrase-file", secret, config=service.config)
+    assert r.returncode == 0, r.stderr
+    a = service.config.appliance
+    for member in entry["members"]:
+        if member["type"] != "file" or member.get("name", "").startswith("database/"):
+            continue
+        raw = base64.b64decode(member["name_base64"]) if "name_base64" in member else member["name"].encode()
+        component, rest = raw.split(b"/", 1)
+        path = os.fsencode(getattr(a, component.decode())) + b"/" + rest
+        with open(path, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == member["sha256"], raw
 
 
 # What a backup says about itself ------------------------------------------------
