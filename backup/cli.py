@@ -28,7 +28,7 @@ from backup.progress import Progress
 from backup.schedule import Schedule, local_now, next_runs, preset_cron, validate_cron
 from backup.schedule import describe as describe_cron
 from backup.secret import read_passphrase_file, validate_passphrase
-from backup.service import BackupService, StatusReport, VerifyResult, describe, refused_attributes_sentence
+from backup.service import BackupService, StatusReport, VerifyResult, describe, foreign_note, refused_attributes_sentence
 
 PROG = "appliance-backup"
 
@@ -270,6 +270,9 @@ def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             raise ConfigError("Restore replaces the appliance's state: confirm with --yes when there is no terminal to ask on.")
         service.storage.stat(args.name)  # a name that is not there is said before the question, not after
+        note = foreign_note(service.details(args.name, passphrase=passphrase))
+        if note:
+            print(note)
         print(f"Restoring {printable(args.name)} replaces, on this appliance:\n"
               f"  the firmware configuration  {appliance.firmware}\n"
               f"  the system configuration    {appliance.system}\n"

@@ -13,6 +13,7 @@ the manifest comes first so a backup's details need only its first chunk.
 
 from __future__ import annotations
 
+import base64
 import copy
 import errno
 import hashlib
@@ -25,6 +26,7 @@ import struct
 import tarfile
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -34,6 +36,9 @@ from backup.errors import BackupError, IntegrityError, UnsafeArchiveError
 from backup.fsutil import open_directory, reach
 from backup.progress import Tracker
 
+PAYLOAD_VERSION = 2
+"""The manifest's `version`, the payload layer's (FORMAT.md P.5). Version 1 is still read."""
+READ_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 CHECKSUMS_NAME = "checksums.json"
 DIRECTORY_COMPONENTS = ("firmware", "system")
@@ -200,11 +205,14 @@ def database_was_in_wal_mode(manifest: dict) -> bool:
 
 
 def build_manifest(*, appliance: str, software_version: str, created_at: str, scans: list[ComponentScan],
-                   database_bytes: int, database_source: str, database_journal_mode: str | None = None) -> dict:
+                   database_bytes: int, database_source: str, database_journal_mode: str | None = None,
+                   appliance_id: str = "", backup: str = "") -> dict:
     components = []
     for s in scans:
+        # Skipped names are for people to read: JSON text any parser takes (see portable_text).
+        skipped = [portable_text(n) for n in s.skipped[:MAX_SKIPPED_LISTED]]
         component = {"name": s.name, "kind": "directory", "source": str(s.source), "files": s.files, "bytes": s.bytes,
-                     "skipped": s.skipped[:MAX_SKIPPED_LISTED]}
+                     "skipped": skipped}
         if len(s.skipped) > MAX_SKIPPED_LISTED:  # the manifest must stay under MAX_MANIFEST for readers
             component["skipped_more"] = len(s.skipped) - MAX_SKIPPED_LISTED
         components.append(component)
@@ -214,14 +222,76 @@ def build_manifest(*, appliance: str, software_version: str, created_at: str, sc
         components[-1]["journal_mode"] = database_journal_mode
     return {
         "format": "appliance-backup manifest",
-        "version": 1,
+        "version": PAYLOAD_VERSION,
+        "backup": backup,
         "appliance": appliance,
+        "appliance_id": appliance_id,
         "software_version": software_version,
         "created_at": created_at,
         "components": components,
         "total_bytes": sum(c["bytes"] for c in components),
         "excluded": list(EXCLUDED),
     }
+
+
+def portable_text(name: str) -> str:
+    """A name as text every JSON parser reads: bytes that are not UTF-8 become U+FFFD (for people, not lookups)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def name_bytes(name: str) -> bytes:
+    """A member name as the bytes the tar stream holds (tarfile decodes them with surrogateescape)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def checksum_entries(digests: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
+    """`files` and `files_base64` of checksums.json (FORMAT.md P.3) for (member name, hex digest) pairs.
+
+    A name that is valid UTF-8 is a key of `files`; any other is a key of `files_base64`, as the
+    base64 of its bytes: JSON strings are Unicode, and a raw byte has no spelling there that
+    every parser accepts (version 1 wrote Python's surrogate escapes, which strict parsers refuse).
+    """
+    files: dict[str, str] = {}
+    binary: dict[str, str] = {}
+    for name, hexdigest in digests:
+        raw = name_bytes(name)
+        try:
+            files[raw.decode("utf-8")] = hexdigest
+        except UnicodeDecodeError:
+            binary[base64.b64encode(raw).decode("ascii")] = hexdigest
+    return files, binary
+
+
+@dataclass(frozen=True)
+class ManifestFacts:
+    """What a backup says about itself, read from its authenticated manifest (FORMAT.md P.2).
+
+    Version 1 manifests have no `backup` or `appliance_id`: those are then empty strings.
+    """
+
+    backup: str
+    appliance: str
+    appliance_id: str
+    software_version: str
+    created_at: datetime | None
+    """None when the manifest's time is not ISO 8601 with an offset (only a faulty writer does that)."""
+    version: int
+
+
+def manifest_facts(manifest: dict) -> ManifestFacts:
+    def text(key: str) -> str:
+        value = manifest.get(key, "")
+        return value if isinstance(value, str) else ""
+
+    try:
+        created = datetime.fromisoformat(text("created_at"))
+        if created.utcoffset() is None:
+            created = None
+    except ValueError:
+        created = None
+    return ManifestFacts(backup=text("backup"), appliance=text("appliance"), appliance_id=text("appliance_id"),
+                         software_version=text("software_version"), created_at=created,
+                         version=manifest.get("version") if isinstance(manifest.get("version"), int) else 0)
 
 
 class Stage:
@@ -419,11 +489,13 @@ class PayloadWriter:
 
     def checksums(self) -> dict:
         """SHA-256 of every file and every component; call once the hash stage is done."""
-        files = {name: digest.hexdigest() for name, digest in self._digests}
+        pairs = [(name, digest.hexdigest()) for name, digest in self._digests]
+        files, binary = checksum_entries(pairs)
         components = {c: hashlib.sha256() for c in COMPONENTS}
-        for name, hexdigest in files.items():
-            components[name.split("/", 1)[0]].update(f"{hexdigest}  {name}\n".encode("utf-8", "surrogateescape"))
-        return {"files": files, "components": {c: h.hexdigest() for c, h in components.items()}}
+        for name, hexdigest in pairs:
+            components[name.split("/", 1)[0]].update(hexdigest.encode() + b"  " + name_bytes(name) + b"\n")
+        return {"files": files, "files_base64": binary,
+                "components": {c: h.hexdigest() for c, h in components.items()}}
 
     def close(self) -> None:
         self._hash.close()
@@ -615,14 +687,183 @@ def _is_utf8(value: str) -> bool:
 # ---------------------------------------------------------------- reading
 
 
+_USTAR_MAGIC = b"ustar\x0000"
+"""Magic and version of a POSIX ustar header (a GNU header has b"ustar  \\0" there)."""
+_ZERO_BLOCK = bytes(BLOCK)
+_MEMBER_TYPES = (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE)
+_NEVER_WRITTEN = {tarfile.LNKTYPE: "hard link", tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device",
+                  tarfile.FIFOTYPE: "fifo", tarfile.CONTTYPE: "contiguous file", tarfile.AREGTYPE: "pre-POSIX file",
+                  tarfile.GNUTYPE_SPARSE: "GNU sparse file", tarfile.XGLTYPE: "pax global header",
+                  tarfile.SOLARIS_XHDTYPE: "Solaris extended header", tarfile.GNUTYPE_LONGNAME: "GNU long name",
+                  tarfile.GNUTYPE_LONGLINK: "GNU long link name"}
+
+
+def refused(what: str) -> IntegrityError:
+    """A payload that breaks a rule of FORMAT.md P.4: the file authenticates, so a writer holding the DMS made it."""
+    return IntegrityError(f"The backup is refused: its payload {what}, which docs/FORMAT.md does not allow. Its "
+                          "bytes authenticate, so a faulty or foreign program holding the DMS wrote it: use "
+                          "another backup.")
+
+
 class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads an extended header's data (pax, GNU long name) in one piece: refuse a huge one first."""
+    """tarfile as FORMAT.md P.4 reads it: POSIX ustar headers and the member types the writer uses, nothing else.
+
+    tarfile itself reads an extended header's data (pax, GNU long name) in one piece, so a huge one is
+    refused first; it takes a header that does not verify, a short block or the end of the data as the
+    end of the archive, and GNU, v7 and sparse members as ordinary ones: each of those is refused here.
+    """
+
+    raw_name = ""
+    """The member's name as its ustar header holds it (prefix joined), before tarfile strips a directory's slash."""
+    typeflag = b""
+    """The header's own typeflag (tarfile turns some into others)."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        buf = tar.fileobj.read(BLOCK)
+        where = tar.fileobj.tell() - len(buf)
+        if len(buf) < BLOCK:
+            raise refused("ends without the tar end-of-archive marker (two zero blocks)" if not buf else
+                          f"ends inside a tar header (at byte {where} of the tar stream)")
+        if buf == _ZERO_BLOCK:
+            raise tarfile.EOFHeaderError("end of file header")
+        if buf[257:265] != _USTAR_MAGIC:
+            raise refused(f"holds a tar header that is not POSIX ustar (GNU or older) at byte {where} of the tar stream")
+        try:
+            obj = cls.frombuf(buf, tar.encoding, tar.errors)
+        except tarfile.HeaderError:
+            raise refused(f"holds a tar header whose checksum or fields are wrong at byte {where} of the tar "
+                          "stream") from None
+        obj.typeflag = buf[156:157]
+        after_pax, tar.after_pax = getattr(tar, "after_pax", False), obj.typeflag == tarfile.XHDTYPE
+        if after_pax and tar.after_pax:
+            raise refused(f"holds two pax extended headers in a row at byte {where} of the tar stream")
+        prefix = buf[345:500].split(b"\0", 1)[0]
+        name = buf[0:100].split(b"\0", 1)[0]
+        obj.raw_name = (prefix + b"/" + name if prefix else name).decode(tar.encoding, tar.errors)
+        obj.offset = where
+        return obj._proc_member(tar)
 
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.typeflag != tarfile.XHDTYPE and self.typeflag not in _MEMBER_TYPES:
+            kind = _NEVER_WRITTEN.get(self.typeflag, f"type {self.typeflag!r}")
+            raise UnsafeArchiveError(f"The backup holds a member of a type it never writes ({kind}, "
+                                     f"{self.raw_name!r}); restore refused.")
         if self.type in EXTENDED_HEADERS and self.size > MAX_EXTENDED_HEADER:
             raise tarfile.HeaderError(f"an extended tar header claims {self.size} bytes, more than the "
                                       f"{MAX_EXTENDED_HEADER} a writer ever needs")
         return super()._proc_member(tar)
+
+    def _proc_gnusparse_00(self, *args: Any) -> None:
+        """pax records of a sparse file (GNU.sparse.*): refused, tarfile would fail inside them with no sentence."""
+        raise UnsafeArchiveError("The backup holds a sparse file (pax GNU.sparse records), a type it never writes; "
+                                 "restore refused.")
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
+
+class _ZstdFrames:
+    """Passes the decrypted payload to the decompressor and checks its frame structure (FORMAT.md, Payload).
+
+    The payload must be zstd frames (RFC 8878 section 3.1.1) back to back, each with a
+    content checksum, and nothing else: the decompressor alone would take a frame without
+    its checksum and would never see what follows the data the tar reader needed. Only
+    the frame, block and checksum headers are read here; the blocks are skipped.
+    """
+
+    MAGIC = 0xFD2FB528
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._head = bytearray()
+        self._want = 4
+        self._state = "magic"
+        self._skip = 0
+        self.frames = 0
+        self.offset = 0
+        """Bytes of the compressed payload seen so far."""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        if data:
+            self._feed(data)
+        return data
+
+    def finish(self) -> None:
+        """The payload ended: refuse it unless it ended after a whole frame."""
+        while self.read(READ_SIZE):
+            pass
+        if self.frames == 0 and self._state == "magic" and not self._head:
+            raise refused("is empty, not a zstd stream")
+        if self._state != "magic" or self._head or self._skip:
+            raise refused(f"ends inside zstd frame {self.frames} (counting from 0)")
+
+    def _feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self._skip:
+                take = min(self._skip, n - i)
+                self._skip -= take
+                i += take
+                continue
+            take = min(self._want - len(self._head), n - i)
+            self._head += data[i:i + take]
+            i += take
+            if len(self._head) == self._want:
+                self._parsed(self.offset + i - len(self._head))
+        self.offset += n
+
+    def _parsed(self, at: int) -> None:
+        head, self._head = bytes(self._head), bytearray()
+        if self._state == "magic":
+            magic = int.from_bytes(head, "little")
+            if magic != self.MAGIC:
+                what = "a skippable zstd frame" if magic & 0xFFFFFFF0 == 0x184D2A50 else "data that is not a zstd frame"
+                raise refused(f"holds {what} at byte {at} of the compressed payload, after {self.frames} frame(s)")
+            self._state, self._want = "descriptor", 1
+        elif self._state == "descriptor":
+            fhd = head[0]
+            if fhd & 0x08:
+                raise refused(f"holds zstd frame {self.frames} with a reserved bit set")
+            if fhd & 0x03:
+                raise refused(f"holds zstd frame {self.frames}, which needs a dictionary")
+            if not fhd & 0x04:
+                raise refused(f"holds zstd frame {self.frames} without a content checksum")
+            single = bool(fhd & 0x20)
+            rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + ((1 if single else 0), 2, 4, 8)[fhd >> 6]
+            self._state, self._want = "block", 3
+            self._skip = rest
+        elif self._state == "block":
+            header = int.from_bytes(head, "little")
+            kind, size = (header >> 1) & 3, header >> 3
+            if kind == 3:
+                raise refused(f"holds a zstd block of the reserved type in frame {self.frames}")
+            self._skip = 1 if kind == 1 else size
+            if header & 1:
+                self._state, self._want = "checksum", 4
+        else:  # the frame's content checksum, checked by the decompressor
+            self.frames += 1
+            self._state, self._want = "magic", 4
+
+
+def _end_of_tar(stream: BinaryIO) -> None:
+    """After the first zero block: the second one, then nothing but zero bytes (tar record padding) to the end."""
+    second = stream.read(BLOCK)
+    if len(second) < BLOCK:
+        raise refused("ends after one zero block, without the second block of the tar end-of-archive marker")
+    if second != _ZERO_BLOCK:
+        raise refused("holds data after a single zero block (the tar end-of-archive marker is two zero blocks)")
+    while block := stream.read(READ_SIZE):
+        if block.strip(b"\0"):
+            raise refused("holds data after the tar end-of-archive marker")
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    """The name as written (pax `path`, else ustar prefix and name), without the one `/` a directory's name may end in."""
+    name = member.pax_headers.get("path", member.raw_name)
+    if member.isdir() and name.endswith("/"):
+        name = name[:-1]
+    return name
 
 
 def decompressed(archive: BinaryIO) -> BinaryIO:
@@ -670,10 +911,10 @@ def _first_manifest(tar: tarfile.TarFile) -> dict:
     manifest = json.loads(tar.extractfile(member).read())
     if not isinstance(manifest, dict) or manifest.get("format") != "appliance-backup manifest":
         raise IntegrityError("The backup's manifest is not one appliance-backup wrote.")
-    if manifest.get("version") != 1:
+    if manifest.get("version") not in READ_VERSIONS or isinstance(manifest.get("version"), bool):
         raise IntegrityError(
-            f"The backup's manifest is version {manifest.get('version')!r}; this software reads version 1: "
-            "update appliance-backup to read it."
+            f"The backup's manifest is version {manifest.get('version')!r}; this software reads versions "
+            f"{' and '.join(map(str, READ_VERSIONS))}: update appliance-backup to read it."
         )
     return manifest
 
@@ -686,6 +927,8 @@ def _short(exc: BaseException) -> str:
 def safe_member_path(name: str, folder: tuple[str, PurePosixPath] | None = None) -> tuple[str, PurePosixPath]:
     """Split a member name into its component and a path inside it; refuse anything that could escape.
 
+    `name` is as FORMAT.md P.4 step 2 reads it (a directory's one final `/` already removed): relative,
+    `/`-separated elements none of which is empty, `.` or `..`, the first a component's name.
     `folder`, the inner path of the last folder read (as text and path), is where the next members
     usually are: their path is made from it instead of parsed whole, which in a tree thousands of
     folders deep made reading a backup quadratic in its depth.
@@ -694,12 +937,13 @@ def safe_member_path(name: str, folder: tuple[str, PurePosixPath] | None = None)
         raise UnsafeArchiveError(f"The backup holds a member with a forbidden character in its name ({name!r}); restore refused.")
     if name.startswith("/"):
         raise UnsafeArchiveError(f"The backup holds a member with an absolute path ({name!r}); restore refused.")
-    parts = name.rstrip("/").split("/")
-    if ".." in parts or "" in parts:
+    parts = name.split("/")
+    if ".." in parts:
         raise UnsafeArchiveError(f"The backup holds a member whose path leaves its folder ({name!r}); restore refused.")
-    if "." in parts:
-        parts = [part for part in parts if part != "."]  # as PurePosixPath reads them
-    if not parts or parts[0] not in COMPONENTS:
+    if "" in parts or "." in parts:
+        raise UnsafeArchiveError(f"The backup holds a member whose name has an empty or `.` element ({name!r}); "
+                                 "restore refused.")
+    if parts[0] not in COMPONENTS:
         raise UnsafeArchiveError(f"The backup holds a member outside the known components ({name!r}); restore refused.")
     if len(parts) == 1:
         return parts[0], PurePosixPath(".")
@@ -816,7 +1060,8 @@ class PayloadConsumer:
 def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer | None = None) -> PayloadSummary:
     """Read the whole payload, check every member and every checksum, hand members to `consumer`.
 
-    Raises IntegrityError (or UnsafeArchiveError) on anything that is not as written.
+    Checks FORMAT.md P.4 steps 1-4. Raises IntegrityError (or UnsafeArchiveError) on anything that is
+    not as written.
     """
     consumer = consumer or PayloadConsumer()
     # As in PayloadWriter, the hashing runs on a thread of its own; digests are read once it is done.
@@ -827,32 +1072,52 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
     """The last folder read: where the next members usually are (see safe_member_path)."""
     links: set[str] = set()
     """The backup's links read so far, as "component/inner"."""
+    folders: set[tuple[str, PurePosixPath]] = set()
+    names = {MANIFEST_NAME}
+    order = 0
+    """Index in COMPONENTS of the component read last: components come in that order."""
     try:
-        tar = open_tar_stream(decompressed(archive))
+        frames = _ZstdFrames(archive)
+        tar = open_tar_stream(decompressed(frames))
         manifest = _first_manifest(tar)
         checksums = None
         summary = PayloadSummary(manifest=manifest, checksums={})
         while (member := tar.next()) is not None:
             tracker.check_cancel()  # also between members without content (a tree of folders and links)
+            name = _member_name(member)
             if checksums is not None:
-                raise IntegrityError(f"The backup holds a member after its checksums ({member.name!r}).")
-            if member.name == CHECKSUMS_NAME:
+                raise refused(f"holds a member after checksums.json ({name!r})")
+            if name in names:  # a second copy would be written over (or through) the first
+                raise UnsafeArchiveError(f"The backup holds the member {name!r} twice; restore refused.")
+            names.add(name)
+            if name == CHECKSUMS_NAME:
                 if not member.isfile() or member.size > MAX_CHECKSUMS:
                     raise IntegrityError("The backup's checksum list is malformed.")
                 checksums = json.loads(tar.extractfile(member).read())
                 continue
-            component, inner = safe_member_path(member.name, folder)
+            component, inner = safe_member_path(name, folder)
+            position = COMPONENTS.index(component)
+            if position < order:
+                raise refused(f"holds {name!r} after members of the {COMPONENTS[order]} component (the order is "
+                              f"{', '.join(COMPONENTS)})")
+            order = position
+            if component == "database" and (name != DATABASE_MEMBER or not member.isreg()):
+                raise UnsafeArchiveError(f"The backup holds {name!r} under database/, where the only member is the "
+                                         f"file {DATABASE_MEMBER}; restore refused.")
             if member.issym() and str(inner) == ".":
                 member = _root_as_directory(member)
             member_xattrs(member)  # checked here: deep verify refuses what a restore would
             check_not_through_a_link(links, component, inner)
+            if component != "database" and str(inner) != "." and (component, inner.parent) not in folders:
+                raise UnsafeArchiveError(f"The backup holds {name!r} without its folder before it; restore refused.")
             if member.isdir():
+                folders.add((component, inner))
                 consumer.directory(component, inner, member)
                 folder = (str(inner), inner)
             elif member.issym():
                 links.add(f"{component}/{inner}")
                 consumer.symlink(component, inner, member)
-            elif member.isreg() and not member.issparse():
+            else:  # a regular file: _BoundedTarInfo lets no other type through
                 digest = hashlib.sha256()
                 handle = consumer.file(component, inner, member)
                 small = member.size <= SMALL_FILE  # hashed here, as the writer does (see SMALL_FILE)
@@ -866,34 +1131,44 @@ def walk_payload(archive: BinaryIO, tracker: Tracker, consumer: PayloadConsumer 
                     tracker.add(done=len(block))
                 if handle is not None:
                     consumer.file_done(component, inner, member, handle)
-                digests.append((component, member.name, digest))
+                digests.append((component, name, digest))
                 summary.files += 1
                 summary.bytes += member.size
-            else:
-                raise UnsafeArchiveError(
-                    f"The backup holds a member of a type it never writes ({member.name!r}: hard link, device, fifo or sparse file); restore refused."
-                )
-        # Drain to the end so the final chunk is authenticated too.
-        while archive.read(READ_SIZE):
-            pass
+        if checksums is None:
+            raise IntegrityError("The backup ends before its checksum list: it is incomplete.")
+        _end_of_tar(tar.fileobj)
+        frames.finish()  # to the end, so the final chunk is authenticated too
         hashing.close()
     except (tarfile.TarError, zstandard.ZstdError, ValueError, EOFError) as exc:
         raise IntegrityError(f"The backup's contents cannot be read ({_short(exc)}): it is damaged.") from None
     finally:
         hashing.stop(discard=True)
-    if checksums is None:
-        raise IntegrityError("The backup ends before its checksum list: it is incomplete.")
-    files: dict[str, str] = {}
-    components = {c: hashlib.sha256() for c in COMPONENTS}
-    for component, name, digest in digests:
-        files[name] = hexdigest = digest.hexdigest()
-        components[component].update(f"{hexdigest}  {name}\n".encode("utf-8", "surrogateescape"))
-    expected_files = checksums.get("files", {}) if isinstance(checksums, dict) else {}
-    if expected_files != files:
-        bad = sorted(set(expected_files.items()) ^ set(files.items()))[:3]
-        raise IntegrityError(f"The backup's files do not match its checksums (first differences: {bad}).")
-    for component, digest in components.items():
-        if checksums.get("components", {}).get(component) != digest.hexdigest():
-            raise IntegrityError(f"The {component} component does not match its checksum.")
+    _check_digests(manifest, checksums, [(component, name, digest.hexdigest()) for component, name, digest in digests])
     summary.checksums = checksums
     return summary
+
+
+def _check_digests(manifest: dict, checksums: Any, digests: list[tuple[str, str, str]]) -> None:
+    """checksums.json against what was read (FORMAT.md P.3; version 1 spelled names that are not UTF-8 its own way)."""
+    if not isinstance(checksums, dict):
+        raise IntegrityError("The backup's checksum list is malformed.")
+    components = {c: hashlib.sha256() for c in COMPONENTS}
+    for component, name, hexdigest in digests:
+        components[component].update(hexdigest.encode() + b"  " + name_bytes(name) + b"\n")
+    if manifest.get("version") == 1:
+        expected = {"files": checksums.get("files", {})}
+        found = {"files": {name: hexdigest for _, name, hexdigest in digests}}
+    else:
+        expected = {key: checksums.get(key) for key in ("files", "files_base64")}
+        files, binary = checksum_entries([(name, hexdigest) for _, name, hexdigest in digests])
+        found = {"files": files, "files_base64": binary}
+    for key, value in expected.items():
+        if not isinstance(value, dict):
+            raise IntegrityError(f"The backup's checksum list is malformed (no `{key}` object).")
+        if value != found[key]:
+            bad = sorted(set(value.items()) ^ set(found[key].items()))[:3]
+            raise IntegrityError(f"The backup's files do not match its checksums (first differences: {bad}).")
+    listed = checksums.get("components")
+    for component, digest in components.items():
+        if not isinstance(listed, dict) or listed.get(component) != digest.hexdigest():
+            raise IntegrityError(f"The {component} component does not match its checksum.")

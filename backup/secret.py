@@ -37,6 +37,20 @@ class SecretInfo:
     set_at: datetime | None = None
 
 
+APPLIANCE_ID_LABEL = b"appliance-backup appliance id"
+
+
+def appliance_identity(kek: KeyEncryptionKey) -> str:
+    """The appliance's identity in its backups' manifests (FORMAT.md P.2): 32 hex digits derived from its KEK.
+
+    Random (the KEK derives from a random salt), fixed for the appliance's life like the DMS, with
+    nothing an operator can edit, and one-way: it says nothing about the KEK. Derived rather than
+    stored, so appliances whose DMS was set before identities existed have one too, with no
+    migration and no second file to lose.
+    """
+    return hmac.new(kek.key, APPLIANCE_ID_LABEL, "sha256").digest()[:16].hex()
+
+
 def normalize(passphrase: str) -> str:
     """The form every passphrase is compared and derived in (Unicode NFC)."""
     return unicodedata.normalize("NFC", passphrase)

@@ -60,9 +60,11 @@ from backup.lock import RECOVERY_TASK, RunLock, is_locked, pid_alive, read_holde
 from backup.payload import (
     DATABASE_MEMBER,
     MANIFEST_NAME,
+    ManifestFacts,
     PayloadWriter,
     build_manifest,
     database_was_in_wal_mode,
+    manifest_facts,
     read_manifest,
     scan_directory,
     walk_payload,
@@ -71,7 +73,7 @@ from backup.operators import check_operator
 from backup.progress import ProgressCallback, Tracker
 from backup.retention import Decision, plan
 from backup.schedule import interval_estimate, local_now, local_timezone, next_runs, slot_already_done, slot_detail
-from backup.secret import DomainMasterSecret, SecretInfo
+from backup.secret import DomainMasterSecret, SecretInfo, appliance_identity
 from backup.storage import PARTIAL_SUFFIX, Entry, Storage, open_storage
 
 BACKUP_SUFFIX = ".abk"
@@ -154,6 +156,12 @@ class BackupDetails:
     manifest: dict | None
     """None when this appliance's DMS does not open the backup and no passphrase was given."""
     last_verification: RunRecord | None
+    facts: ManifestFacts | None = None
+    """What the backup says about itself (its authenticated manifest), when it was read."""
+    foreign: bool = False
+    """The backup's appliance identity is not this appliance's (a version 1 backup has none: False)."""
+    renamed: bool = False
+    """The file's name is not the one the backup was written under (its manifest says which)."""
 
 
 @dataclass(frozen=True)
@@ -450,6 +458,7 @@ class BackupService:
                 appliance=appliance.name, software_version=__version__, created_at=started.isoformat(),
                 scans=scans, database_bytes=db_size, database_source=str(appliance.database),
                 database_journal_mode=journal_mode,
+                appliance_id=appliance_identity(kek), backup=name,
             )
             tracker.total = manifest["total_bytes"]
             out = None
@@ -728,9 +737,20 @@ class BackupService:
             if opens or passphrase is not None:
                 manifest = read_manifest(self._reader(source, passphrase))
         verifications = [r for r in self.journal.runs() if r.kind == "verify" and r.name == name and r.result]
+        facts = manifest_facts(manifest) if manifest is not None else None
         return BackupDetails(name=name, size=info.size, cipher=header.cipher, chunk_size=header.chunk_size,
                              opens_with_this_dms=opens, manifest=manifest,
-                             last_verification=verifications[-1] if verifications else None)
+                             last_verification=verifications[-1] if verifications else None, facts=facts,
+                             foreign=facts is not None and bool(facts.appliance_id)
+                             and facts.appliance_id != self.appliance_id(),
+                             renamed=facts is not None and bool(facts.backup) and facts.backup != name)
+
+    def appliance_id(self) -> str | None:
+        """This appliance's identity (FORMAT.md P.2), or None while it has no DMS."""
+        try:
+            return appliance_identity(self.secret.kek())
+        except DmsNotSetError:
+            return None
 
     def delete_backup(self, name: str) -> None:
         """Delete one backup file (the operator asked, after a confirmation); journalled."""
@@ -1088,6 +1108,15 @@ def created_at(name: str, mtime: float) -> datetime:
         except ValueError:  # looks like ours but is no date (month 13): not one of ours
             pass
     return datetime.fromtimestamp(mtime, tz=timezone.utc)
+
+
+def foreign_note(details: BackupDetails) -> str | None:
+    """The sentence a restore confirmation adds when the backup is another appliance's, else None."""
+    if not details.foreign or details.facts is None:
+        return None
+    return (f"This backup was made by another appliance: {details.facts.appliance or 'unnamed'} "
+            f"(identity {details.facts.appliance_id}), not this one. Restoring it gives this appliance "
+            "that appliance's configuration and database.")
 
 
 def _hours(delta: timedelta) -> str:

@@ -55,8 +55,11 @@ class _Dialog(ModalScreen):
 class ConfirmRestoreScreen(_Dialog):
     """Dismisses a RestoreConfirmed, or None when the operator keeps the current state."""
 
-    def __init__(self, name: str, config: Config, *, ask_dms: bool, blink_cursor: bool = True) -> None:
+    def __init__(self, name: str, config: Config, *, ask_dms: bool, blink_cursor: bool = True,
+                 foreign: str | None = None) -> None:
         super().__init__()
+        self.foreign = foreign
+        """The sentence naming the other appliance the backup is from (backup.service.foreign_note), if it is."""
         self.backup_name = name
         self.config = config
         self.ask_dms = ask_dms
@@ -65,6 +68,8 @@ class ConfirmRestoreScreen(_Dialog):
     def compose(self) -> ComposeResult:
         with Vertical(id="restore-dialog", classes="dialog"):
             yield Static("Restore this backup?", classes="section-title")
+            if self.foreign:
+                yield Static(self.foreign, id="restore-foreign", classes="note", markup=False)
             yield Static(restore_warning(self.backup_name, self.config), id="restore-warning", markup=False)
             if self.ask_dms:
                 yield Static("This appliance's Domain Master Secret does not open this backup: "

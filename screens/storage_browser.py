@@ -29,10 +29,11 @@ from backup.cli import verified_sentence
 from backup.config import Config
 from backup.errors import StorageError
 from backup.progress import Progress
-from backup.service import BackupDetails, BackupService, describe, refused_attributes_sentence
+from backup.service import BackupDetails, BackupService, describe, foreign_note, refused_attributes_sentence
 from backup.storage import Entry, Storage, Usage
 from screens.restore import ConfirmDeleteScreen, ConfirmRestoreScreen, PassphraseScreen, RestoreConfirmed
 from tui.messages import (
+    BackupIdentityRead,
     BackupDetailsRead,
     BackupTaskEnded,
     BackupTaskProgressed,
@@ -499,12 +500,41 @@ class StorageBrowser(ModalScreen[Config | None]):
         path = self.selected
 
         def answered(answer: RestoreConfirmed | None) -> None:
-            if answer is not None:
-                self._start("restore", path, answer.passphrase)
+            if answer is None:
+                return
+            if answer.passphrase is None:
+                self._start("restore", path, None)
+            else:  # only now can the manifest say whose backup it is: asked again if another appliance's
+                self.read_identity(path, answer.passphrase)
 
         self.app.push_screen(ConfirmRestoreScreen(PurePosixPath(path).name, self.app.config,
                                                   ask_dms=not self.details.opens_with_this_dms,
-                                                  blink_cursor=self.app.blink_cursor), answered)
+                                                  blink_cursor=self.app.blink_cursor,
+                                                  foreign=foreign_note(self.details)), answered)
+
+    @work(thread=True, exclusive=True, group="browser-identity", exit_on_error=False,
+          description="read whose backup it is")
+    def read_identity(self, path: str, passphrase: Concealed) -> None:
+        try:
+            service, name = self._service(path)
+            note = foreign_note(service.details(name, passphrase=passphrase.reveal()))
+        except Exception:  # a wrong DMS or a damaged file: the restore itself says so
+            note = None
+        self.post_message(BackupIdentityRead(path, passphrase, note))
+
+    @on(BackupIdentityRead)
+    def _identity_read(self, message: BackupIdentityRead) -> None:
+        if message.foreign is None:
+            self._start("restore", message.path, message.passphrase)
+            return
+
+        def answered(answer: RestoreConfirmed | None) -> None:
+            if answer is not None:
+                self._start("restore", message.path, message.passphrase)
+
+        self.app.push_screen(ConfirmRestoreScreen(PurePosixPath(message.path).name, self.app.config, ask_dms=False,
+                                                  blink_cursor=self.app.blink_cursor, foreign=message.foreign),
+                             answered)
 
     def action_delete(self) -> None:
         if self.selected is None:

@@ -77,7 +77,7 @@ def sealed_backup(service, members: list[tuple[tarfile.TarInfo, bytes]]) -> str:
             tar.addfile(info, io.BytesIO(data) if data else None)
     out = service.storage.create(name)
     writer = ArchiveWriter(out, service.secret.kek())
-    writer.write(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    writer.write(zstandard.ZstdCompressor(write_checksum=True).compress(raw.getvalue()))
     writer.close()
     out.commit()
     return name

@@ -452,7 +452,7 @@ def _authentic(service: BackupService, members: list[tuple[tarfile.TarInfo, byte
     raw.write(bytes(1024))
     out = io.BytesIO()
     with ArchiveWriter(out, service.secret.kek()) as writer:
-        writer.write(zstandard.ZstdCompressor().compress(raw.getvalue()))
+        writer.write(zstandard.ZstdCompressor(write_checksum=True).compress(raw.getvalue()))
     return out.getvalue()
 
 
@@ -636,7 +636,7 @@ def test_a_huge_extended_tar_header_is_refused_before_it_is_read_into_memory(tin
     kek = service.secret.kek()
     info = tarfile.TarInfo("././@PaxHeader" if kind == tarfile.XHDTYPE else "././@LongLink")
     info.type, info.size = kind, 64 * MIB
-    compress = zstandard.ZstdCompressor().compressobj()
+    compress = zstandard.ZstdCompressor(write_checksum=True).compressobj()
     out = io.BytesIO()
     with ArchiveWriter(out, kek) as writer:
         writer.write(compress.compress(info.tobuf(format=tarfile.USTAR_FORMAT)))

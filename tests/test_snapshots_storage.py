@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from backup.service import BackupService
 from screens.storage_browser import StorageBrowser
 from test_tui_storage import FakeStorage, entry, fake_location, make_backup
 from tui_fixtures import (  # noqa: F401 - fixtures
@@ -87,8 +88,11 @@ class TestStorageBrowser:
 
         assert snap_compare(app_on(config), terminal_size=size, run_before=browse)
 
-    def test_backup_details(self, snap_compare, config_with_dms, size):
+    def test_backup_details(self, snap_compare, config_with_dms, size, monkeypatch):
         """A real backup chosen: its Backup Details table and the Verify, Restore and Delete actions."""
+        # Written under the name it is shown with (the name's last part is random), or its manifest
+        # would say it was renamed.
+        monkeypatch.setattr(BackupService, "new_backup_name", lambda self, now: BACKUP_NAME)
         backup = make_backup(config_with_dms).read_bytes()
 
         async def details(pilot) -> None:

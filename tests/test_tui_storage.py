@@ -27,6 +27,7 @@ from backup.errors import BackupNotFoundError, StorageError
 from backup.service import BackupService
 from backup.storage import Entry, Usage
 from backup.storage.local import LocalStorage
+from tests.helpers import appliance_state
 from screens import storage_browser
 from screens.dialogs import ConfirmQuitScreen
 from screens.restore import ConfirmDeleteScreen, ConfirmRestoreScreen
@@ -597,7 +598,35 @@ class TestBackups:
             app.screen.query_one("#restore-dms", Input).value = OTHER_DMS
             await pilot.press("enter")
             await settle(pilot)
+            app.screen.query_one("#restore").press()  # yes, although another appliance's (see the next test)
+            await settle(pilot)
             assert f"The appliance was restored from {copied.name}" in browser(app).sentence
+
+    async def test_restore_of_another_appliances_backup_names_that_appliance_once_its_dms_is_given(
+            self, config_with_dms, tmp_path):
+        """The manifest says whose backup it is; readable only with the DMS, so the console asks again,
+        naming the other appliance's identity, before anything is restored."""
+        other = load_config(create_demo_appliance(tmp_path / "other", seed=7))
+        foreign = make_backup(other, passphrase=OTHER_DMS)
+        copied = config_with_dms.storage.path / foreign.name
+        shutil.copy(foreign, copied)
+        identity = BackupService(other).appliance_id()
+        before = appliance_state(config_with_dms)
+        app = make_app(config_with_dms, clock=fixed_clock)
+        async with app.run_test(size=SIZE) as pilot:
+            await open_backup(pilot, copied.name, copied.parent)
+            await pilot.press("r")
+            await pilot.pause()
+            app.screen.query_one("#restore-dms", Input).value = OTHER_DMS
+            await pilot.press("enter")
+            await settle(pilot)
+            dialog = app.screen
+            assert isinstance(dialog, ConfirmRestoreScreen) and not dialog.query("#restore-dms")
+            note = str(dialog.query_one("#restore-foreign").render())
+            assert identity in " ".join(note.split()) and "another appliance" in note
+            dialog.query_one("#cancel").press()
+            await settle(pilot)
+        assert appliance_state(config_with_dms) == before
         firmware = sorted(p.relative_to(other.appliance.firmware) for p in other.appliance.firmware.rglob("*"))
         assert firmware == sorted(p.relative_to(config_with_dms.appliance.firmware)
                                   for p in config_with_dms.appliance.firmware.rglob("*"))

@@ -92,11 +92,14 @@ def _sealed_with_bad_checksums(service: BackupService) -> str:
     for member, data in (
         ("manifest.json", json.dumps({"format": "appliance-backup manifest", "version": 1,
                                       "components": [{"name": "firmware", "files": 1}]}).encode()),
+        ("firmware", b""),
         ("firmware/version.txt", b"1.0\n"),
         ("checksums.json", json.dumps({"files": {"firmware/version.txt": "0" * 64}, "components": {}}).encode()),
     ):
         info = tarfile.TarInfo(member)
         info.size = len(data)
+        if member == "firmware":  # P.4: a folder comes before what is in it
+            info.type = tarfile.DIRTYPE
         members.append((info, data))
     return sealed_backup(service, members)
 

@@ -173,6 +173,16 @@ class BackupDetailsRead(Message):
 
 
 @dataclass
+class BackupIdentityRead(Message):
+    """Whose backup it is, read with the DMS an operator gave to restore it; `foreign` names another appliance."""
+
+    path: str
+    passphrase: Concealed
+    foreign: str | None
+    """backup.service.foreign_note's sentence, or None when it is this appliance's (or could not be read)."""
+
+
+@dataclass
 class BackupTaskProgressed(Message):
     """Progress of a verify or restore the browser runs; a newer one replaces an older one."""
 

@@ -48,8 +48,13 @@ def detail_rows(details: BackupDetails, now: datetime) -> list[tuple[str, str]]:
     if manifest is None:
         rows.append(("Contents", "unknown: this appliance's DMS does not open this backup"))
     else:
-        rows += [("Created at", _created(manifest, now)),
-                 ("Appliance", str(manifest.get("appliance", "unknown"))),
+        appliance = str(manifest.get("appliance", "unknown"))
+        if details.foreign and details.facts is not None:
+            appliance += f": another appliance (identity {details.facts.appliance_id}), not this one"
+        rows += [("Created at", _created(manifest, now))]
+        if details.renamed and details.facts is not None:
+            rows.append(("Written as", f"{details.facts.backup}: this file was renamed since"))
+        rows += [("Appliance", appliance),
                  ("Software version", str(manifest.get("software_version", "unknown")))]
         for component in manifest.get("components", []):
             label = COMPONENT_LABELS.get(component.get("name"), str(component.get("name")))
