@@ -316,6 +316,9 @@ def _sealed_with_attributes(service: BackupService, pax: dict[str, str], *, kind
     info = tarfile.TarInfo("manifest.json")
     info.size = len(manifest)
     members.append((info, manifest))
+    info = tarfile.TarInfo("firmware/")  # the component's folder comes first (FORMAT.md P.0, order)
+    info.type = tarfile.DIRTYPE
+    members.append((info, b""))
     info = tarfile.TarInfo("firmware/thing")
     info.type = kind
     info.pax_headers = pax
