@@ -123,6 +123,8 @@ more. Longer paths are reached a piece at a time (reach, open_directory)."""
 def open_directory(path: str | os.PathLike[str]) -> int:
     """A descriptor of the directory `path`, however long the path: opened in pieces under PATH_LIMIT."""
     rest = os.fsencode(path)
+    if len(rest) < PATH_LIMIT:
+        return os.open(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # errors name it as given
     fd: int | None = None
     try:
         while rest:
@@ -137,6 +139,10 @@ def open_directory(path: str | os.PathLike[str]) -> int:
             if fd is not None:
                 os.close(fd)
             fd = opened
+    except OSError as exc:
+        if fd is not None:
+            os.close(fd)
+        raise OSError(exc.errno, exc.strerror, os.fsdecode(path)) from None
     except BaseException:
         if fd is not None:
             os.close(fd)

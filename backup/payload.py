@@ -144,7 +144,7 @@ def scan_directory(name: str, root: Path) -> ComponentScan:
                 except OSError as exc:
                     if exc.errno == errno.ELOOP:  # a link stands there now
                         continue
-                    raise
+                    raise OSError(exc.errno, exc.strerror, str(path)) from None  # named in full, as before
                 os.close(fd)
                 fd = below
                 scan.entries.append(_entry(arcname, path, st))

@@ -162,7 +162,7 @@ class LocalStorage:
             if not stat.S_ISREG(mode):
                 raise not_a_backup(name, self.description)
             os.set_blocking(fd, True)
-            return os.fdopen(fd, "rb")
+            return open(target, "rb", opener=lambda *_: fd)  # named by its path, as readers' messages need
         except BaseException:
             os.close(fd)
             raise
