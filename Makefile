@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-appliance
 # Debian packages the tests and benchmarks drive for real.
-APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs
-APT_COMMANDS := tmux zstd age ganesha.nfsd
+APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs prometheus
+APT_COMMANDS := tmux zstd age ganesha.nfsd promtool
 PYTEST_ARGS ?=
 
 .PHONY: all venv sysdeps test demo bench clean

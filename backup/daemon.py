@@ -148,6 +148,12 @@ def run_daemon(
                 else:
                     say(INFO, "configuration reloaded; the schedule is unchanged")
 
+        alert_tick = getattr(service, "alert_tick", None)
+        if alert_tick is not None:  # standing conditions and due alert retries, on a background thread
+            try:
+                alert_tick()
+            except Exception as exc:  # alerts never stop the scheduler
+                say(WARNING, f"alert delivery could not start: {type(exc).__name__}: {exc}")
         runs = service.journal.runs()
         done = _latest(last_slot_done(runs), attempted, baseline)
         due = due_now(schedule, runs, now, started=started, baseline=_latest(attempted, baseline))

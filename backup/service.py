@@ -45,6 +45,7 @@ from backup.extract import Extractor
 from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir
 from backup.humanize import human_bytes
 from backup.inhibit import shutdown_inhibitor
+from backup.hooks import HookRunner
 from backup.journal import RunJournal, RunRecord
 from backup.lock import RunLock, is_locked, pid_alive, read_holder
 from backup.payload import (
@@ -57,7 +58,9 @@ from backup.payload import (
     walk_payload,
 )
 from backup.operators import check_operator
+from backup.notify import AlertQueue, TargetHealth
 from backup.progress import ProgressCallback, Tracker
+from backup.reporting import edges, reported, tick
 from backup.retention import Decision, plan
 from backup.schedule import interval_estimate, local_now, local_timezone, next_runs, slot_already_done, slot_detail
 from backup.secret import DomainMasterSecret, SecretInfo
@@ -158,6 +161,10 @@ class StatusReport:
     """A sentence when the last successful backup is too old (see BackupService._staleness)."""
     warnings: list[str] = field(default_factory=list)
     """Sentences about the appliance's own set-up, e.g. a key file others may read."""
+    alerts: list[TargetHealth] = field(default_factory=list)
+    """Each [notify] target's delivery health (backup/notify.py); empty when none is set."""
+    last_verify: RunRecord | None = None
+    """The most recent finished verify run."""
 
     @property
     def state(self) -> str:
@@ -173,6 +180,7 @@ class BackupService:
         self.journal = RunJournal(self.state_dir)
         self.secret = DomainMasterSecret(self.state_dir, params=kdf_params)
         self._storage = storage
+        self.alerts = AlertQueue(self.state_dir, config.notify, self.journal, clock)
 
     # ------------------------------------------------------------ basics
 
@@ -186,6 +194,7 @@ class BackupService:
         """Use a new configuration (after Save Settings); the storage is opened anew from it when next needed."""
         self.close()
         self.config = config
+        self.alerts = AlertQueue(self.state_dir, config.notify, self.journal, self.clock)
 
     def close(self) -> None:
         """Release the storage (an NFS connection or kernel mount). The service opens it again when needed."""
@@ -193,6 +202,15 @@ class BackupService:
         close = getattr(storage, "close", None)
         if close is not None:
             close()
+
+    @property
+    def hooks(self) -> HookRunner:
+        return HookRunner(self.config.hooks, self.journal, self.clock)
+
+    def alert_tick(self):
+        """Alert standing conditions when they begin and deliver due alerts, off the caller's thread
+        (see backup.reporting.tick); returns the delivery thread, or None when no target is set."""
+        return tick(self)
 
     def secret_info(self) -> SecretInfo:
         return self.secret.info()
@@ -303,6 +321,8 @@ class BackupService:
             next_scheduled=upcoming[0] if upcoming else None,
             stale=self._staleness(last_success, now),
             warnings=self.security_warnings(),
+            alerts=self.alerts.health(),
+            last_verify=next((r for r in reversed(self.journal.runs()) if r.kind == "verify" and r.result), None),
         )
 
     def security_warnings(self) -> list[str]:
@@ -341,6 +361,7 @@ class BackupService:
 
     # ------------------------------------------------------------ backup
 
+    @reported
     def run_backup(self, *, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                    slot: datetime | None = None, catch_up: bool = False, operator: str | None = None) -> BackupResult:
         """Back up now. `slot` marks a scheduled run: it runs at most once, whoever sees it first.
@@ -360,7 +381,8 @@ class BackupService:
                 raise SlotAlreadyDoneError(f"The scheduled backup of {slot.isoformat(timespec='minutes')} already ran.")
             name = self.new_backup_name(started)
             with self._journalled("backup", name=name, now=started,
-                                  detail=slot_detail(slot, catch_up) if slot is not None else None) as run:
+                                  detail=slot_detail(slot, catch_up) if slot is not None else None) as run, \
+                    edges(self, "backup", name):
                 kek = self.secret.kek()  # inside the journalled part: a scheduled run without a DMS shows why
                 with shutdown_inhibitor("Backup in progress") as inhibitor:
                     result = self._write_backup(name, kek, progress, cancel, started, inhibitor.status_line)
@@ -544,6 +566,7 @@ class BackupService:
         prefix = f"{re.escape(self.config.prefix)}-" if self.config.prefix else ""
         return re.fullmatch(prefix + re.escape(self.config.appliance.name) + OWN_SUFFIX, name) is not None
 
+    @reported
     def prune(self, *, dry_run: bool = False) -> list[Decision]:
         """Apply [retention] to this appliance's backups; other files in the storage are never touched.
 
@@ -633,6 +656,7 @@ class BackupService:
 
     # ------------------------------------------------------------ verify
 
+    @reported
     def verify(self, name: str, *, deep: bool = False, passphrase: str | None = None,
                progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> VerifyResult:
         """Prove a backup intact and openable; nothing is written.
@@ -643,7 +667,7 @@ class BackupService:
         the writer made, which re-proves the writer's own work (and takes several times as long).
         """
         with self._journalled("verify", name=name, detail=VERIFY_DEEP if deep else VERIFY_AUTHENTICATED), \
-                self._open(name) as source:
+                edges(self, "verify", name), self._open(name) as source:
             reader = self._reader(source, passphrase)
             tracker = Tracker("verify", progress, cancel, written=source.tell)
             if deep:
@@ -663,6 +687,7 @@ class BackupService:
 
     # ------------------------------------------------------------ restore
 
+    @reported
     def restore(self, name: str, *, passphrase: str | None = None, progress: ProgressCallback | None = None,
                 cancel: threading.Event | None = None, operator: str | None = None) -> RestoreResult:
         """Return the appliance to the backup's state; on any failure the previous state stays or comes back."""
@@ -670,7 +695,7 @@ class BackupService:
         started = self.clock()
         with RunLock(self.state_dir, "restore", now=started):
             self.recover_unlocked()
-            with self._journalled("restore", name=name, now=started) as run, \
+            with self._journalled("restore", name=name, now=started) as run, edges(self, "restore", name), \
                     shutdown_inhibitor("Restore in progress") as inhibitor:
                 publish = self._progress_publisher(progress, inhibitor=inhibitor.status_line)
                 return self._restore(name, passphrase, publish, cancel, run.id)
