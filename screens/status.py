@@ -35,6 +35,7 @@ class StatusScreen(ConsoleScreen):
         yield Static("Backup Status Information", classes="section-title")
         yield StatusTable(id="status-table")
         yield Static("", id="stale", markup=False)
+        yield Static("", id="alerts", markup=False)
         yield RunProgress(glyphs, id="run-progress")
         yield Static("", id="notice", markup=False)
         yield Static("Recent Runs", classes="section-title")
@@ -45,6 +46,7 @@ class StatusScreen(ConsoleScreen):
         self.query_one(RunProgress).display = False
         self.query_one("#notice").display = False
         self.query_one("#stale").display = False
+        self.query_one("#alerts").display = False
         self.watch(self.app, "report", self._show_report)
         self.watch(self.app, "progress", self._show_progress)
         self.watch(self.app, "backup_running", self._show_running)
@@ -61,6 +63,10 @@ class StatusScreen(ConsoleScreen):
         stale = report.stale or ""
         self.query_one("#stale", Static).update(stale)
         self.query_one("#stale").display = bool(stale)
+        alerts = "\n".join(f"Alerts: {health.line}" for health in report.alerts)  # only when [notify] has targets
+        self.query_one("#alerts", Static).update(alerts)
+        self.query_one("#alerts").display = bool(alerts)
+        self.query_one("#alerts").set_class(any(not h.ok for h in report.alerts), "failing")
         self._show_notice(self.app.notice)
         if not self.app.backup_running:
             # A run of another process (the scheduler, `appliance-backup run`): its published progress.

@@ -40,6 +40,7 @@ from screens.dialogs import ConfirmQuitScreen, HelpScreen
 from screens.status import StatusScreen
 from tui import profile
 from tui.messages import (
+    AlertsTested,
     Concealed,
     BackupFailed,
     BackupFinished,
@@ -200,6 +201,10 @@ class BackupConsole(App[int]):
             self.post_message(StatusUnavailable(describe(exc)))
             return
         self.post_message(StatusRefreshed(report))
+        try:
+            self.service.alert_tick()  # standing conditions and due alert retries, on their own thread
+        except Exception:  # alerts never take the console down; their health is in the report
+            pass
         if self.run_schedule and not report.running:
             try:
                 self._check_schedule()
@@ -233,11 +238,38 @@ class BackupConsole(App[int]):
                             lambda: self.action_show_mode("settings"))
         yield SystemCommand("Storage", "Where backups are kept (key 3)", lambda: self.action_show_mode("storage"))
         yield SystemCommand("Back up now", "Create a backup of this appliance now (key b)", self.action_back_up_now)
+        yield SystemCommand("Send a test alert", "Send a test to every [notify] target and show what each answered",
+                            self.action_notify_test)
         yield SystemCommand("Help", "Keys and what each screen does (key ?)", self.action_help)
         for command in super().get_system_commands(screen):
             if command.title != "Quit":
                 yield command
         yield SystemCommand("Quit", "Leave the console (key q); asks first while a backup runs", self.action_quit)
+
+    # ------------------------------------------------------------ alerts
+
+    def action_notify_test(self) -> None:
+        if not self.config.notify.targets:
+            self.notify("No alert target is set: add [notify.email], [notify.webhook] or [notify.syslog] to "
+                        f"{self.config.path}.", title="No alert target", severity="warning", timeout=8, markup=False)
+            return
+        self.notify("Sending a test alert to every target...", title="Alerts", markup=False)
+        self.notify_test()
+
+    @work(thread=True, exclusive=True, group="notify", exit_on_error=False, description="send a test alert")
+    def notify_test(self) -> None:
+        try:
+            results = self.service.alerts.test(self.config.appliance.name)
+        except Exception as exc:
+            self.post_message(AlertsTested([describe(exc)], all_sent=False))
+            return
+        lines = [f"{t.kind}: {'sent' if ok else 'FAILED'}: {answer}" for t, ok, answer in results]
+        self.post_message(AlertsTested(lines, all_sent=all(ok for _, ok, _ in results)))
+
+    def on_alerts_tested(self, message: AlertsTested) -> None:
+        self.notify("\n".join(message.lines), title="Test alert", severity="information" if message.all_sent else "error",
+                    timeout=15, markup=False)
+        self.refresh_status()
 
     # ------------------------------------------------------------ back up now
 
