@@ -30,6 +30,7 @@ from backup.schedule import Schedule, local_now, next_runs, preset_cron, validat
 from backup.schedule import describe as describe_cron
 from backup.secret import read_passphrase_file, validate_passphrase
 from backup.service import BackupService, StatusReport, VerifyResult, describe
+from backup.verifyjob import status_line as verify_job_line
 
 PROG = "appliance-backup"
 
@@ -345,6 +346,13 @@ def status_json(report: StatusReport) -> dict[str, Any]:
                     "last_error": h.last_error, "last_delivered_at": h.last_ok_at.isoformat() if h.last_ok_at else None,
                     "pending": h.pending} for h in report.alerts],
         "last_verify": run(report.last_verify),
+        "verify_job": {
+            "last": run(report.last_verify_job),
+            "next": report.next_verify_job.isoformat() if report.next_verify_job else None,
+            "oldest_unverified": {"name": report.oldest_unverified[0],
+                                  "created_at": report.oldest_unverified[1].isoformat()}
+            if report.oldest_unverified else None,
+        },
     }
 
 
@@ -377,6 +385,11 @@ def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
         verify = report.last_verify
         outcome = "passed" if verify.result == "ok" else f"{verify.result}: {verify.error}"
         print(f"Last Verify:                    {verify.ended_at:%Y-%m-%d %H:%M %Z} {verify.name} {outcome}")
+    if report.next_verify_job is not None or report.last_verify_job is not None:
+        print(f"Verify Job:                     {verify_job_line(report)}")
+    if report.oldest_unverified is not None:
+        name, created = report.oldest_unverified
+        print(f"Oldest Unverified Backup:       {name} (made {ago(created, service.clock())})")
     for health in report.alerts:
         print(f"Alerts:                         {health.line}")
     return ExitCode.OK

@@ -27,6 +27,7 @@ from backup.operators import parse_operators
 from backup.retention import RetentionPolicy, parse_retention
 from backup.schedule import Schedule, parse_schedule
 from backup.storage.nfsurl import validate_nfs_url
+from backup.verifyjob import VERIFY_KEYS, VerifyJobConfig, parse_verify
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance-backup/config.toml")
 CONFIG_ENV = "APPLIANCE_BACKUP_CONFIG"
@@ -88,6 +89,8 @@ class Config:
     """[notify.email], [notify.webhook], [notify.syslog]: where alerts go (backup/notify.py)."""
     metrics_textfile: Path | None = None
     """[metrics] textfile: the Prometheus .prom file written after every run (backup/metrics.py)."""
+    verify: VerifyJobConfig | None = None
+    """[verify]: the scheduled verify job, None when not set (backup/verifyjob.py)."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """The whole parsed document, unknown keys included."""
 
@@ -187,6 +190,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...] | None] = {
     "hooks": HOOK_KEYS,
     "notify": None,  # its own parser names unknown targets and keys (backup/notify.py)
     "metrics": ("textfile",),
+    "verify": VERIFY_KEYS,
 }
 """Every table of the configuration and its keys: a mistyped key (enable = true) is named, not ignored."""
 
@@ -267,7 +271,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                   schedule=schedule, retention=parse_retention(raw, path), operators=parse_operators(raw, path),
                   max_age_hours=float(max_age) if max_age is not None else None, database_wait=float(wait),
                   hooks=parse_hooks(raw, path), notify=parse_notify(raw, path),
-                  metrics_textfile=parse_metrics(raw, path), raw=raw)
+                  metrics_textfile=parse_metrics(raw, path), verify=parse_verify(raw, path), raw=raw)
 
 
 def _refuse_overlaps(reader: "_Reader", appliance: ApplianceConfig, state_dir: Path, storage: StorageConfig) -> None:

@@ -13,12 +13,15 @@ begin, and due retries are delivered.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from backup.errors import BackupError
+from backup.fsutil import atomic_write_text
 from backup.lock import is_locked
 from backup.metrics import Facts, timestamp, write_textfile
 from backup.notify import Alert
@@ -69,8 +72,11 @@ def after_runs(service: "BackupService", before: set[str]) -> None:
     """Queue the alerts of the runs journalled since `before`, write the metrics, start delivering."""
     try:
         runs = [r for r in service.journal.runs() if r.id not in before and r.result is not None]
+        verify_failed = any(r.kind == "verify" and r.result == "failed" for r in runs)
         for run in runs:
             event = RUN_EVENTS.get((run.kind, run.result))
+            if run.kind == "verify_job" and run.result == "failed" and not verify_failed:
+                event = "verify_failed"  # the job failed before any backup did (e.g. the storage is gone)
             if event is not None:
                 service.alerts.enqueue(Alert(appliance=service.config.appliance.name, event=event,
                                              at=run.ended_at or service.clock(), name=run.name, error=run.error))
@@ -126,7 +132,9 @@ def metrics_facts(service: "BackupService", now: datetime) -> Facts:
         count, total = len(present), sum(b.size for b in present)
         verified = {r.name for r in verifies if r.result == "ok"}
         unverified = [b for b in present if b.name not in verified]
-        oldest = max(0.0, (now - min(b.created_at for b in unverified)).total_seconds()) if unverified else 0.0
+        first = min(unverified, key=lambda b: b.created_at) if unverified else None
+        oldest = max(0.0, (now - first.created_at).total_seconds()) if first else 0.0
+        _remember_unverified(service, first.name if first else None, first.created_at if first else None)
         free = service.storage.usage("").free
     except (BackupError, OSError):
         pass
@@ -143,10 +151,33 @@ def metrics_facts(service: "BackupService", now: datetime) -> Facts:
     )
 
 
+UNVERIFIED_FILE = "unverified.json"
+"""In the state directory: the oldest backup no verify has passed, as last seen in the storage."""
+
+
+def _remember_unverified(service: "BackupService", name: str | None, created: datetime | None) -> None:
+    data = {"name": name, "created_at": created.isoformat() if created else None}
+    try:
+        atomic_write_text(service.state_dir / UNVERIFIED_FILE, json.dumps(data), mode=0o600)
+    except OSError:
+        pass
+
+
+def oldest_unverified(state_dir: Path) -> tuple[str, datetime] | None:
+    """(name, created at) of the oldest backup in the storage that no verify has passed, as last seen."""
+    try:
+        data = json.loads((state_dir / UNVERIFIED_FILE).read_text())
+        return (data["name"], datetime.fromisoformat(data["created_at"])) if data.get("name") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def write_metrics(service: "BackupService") -> str | None:
     """Write [metrics] textfile when it is set; return a sentence when that failed (journalled), else None."""
     path = service.config.metrics_textfile
     if path is None:
+        if service.config.verify is not None:
+            metrics_facts(service, service.clock())  # what Status shows of the oldest unverified backup
         return None
     try:
         write_textfile(path, metrics_facts(service, service.clock()))

@@ -60,11 +60,12 @@ from backup.payload import (
 from backup.operators import check_operator
 from backup.notify import AlertQueue, TargetHealth
 from backup.progress import ProgressCallback, Tracker
-from backup.reporting import edges, reported, tick
+from backup.reporting import edges, oldest_unverified, reported, tick
 from backup.retention import Decision, plan
 from backup.schedule import interval_estimate, local_now, local_timezone, next_runs, slot_already_done, slot_detail
 from backup.secret import DomainMasterSecret, SecretInfo
 from backup.storage import PARTIAL_SUFFIX, Storage, open_storage
+from backup import verifyjob
 
 BACKUP_SUFFIX = ".abk"
 OWN_SUFFIX = r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk"
@@ -165,6 +166,12 @@ class StatusReport:
     """Each [notify] target's delivery health (backup/notify.py); empty when none is set."""
     last_verify: RunRecord | None = None
     """The most recent finished verify run."""
+    last_verify_job: RunRecord | None = None
+    """The most recent finished [verify] job run."""
+    next_verify_job: datetime | None = None
+    """When the [verify] job runs next; None when no job is set."""
+    oldest_unverified: tuple[str, datetime] | None = None
+    """The oldest backup no verify has passed (name, created at), as the last run saw the storage."""
 
     @property
     def state(self) -> str:
@@ -323,6 +330,10 @@ class BackupService:
             warnings=self.security_warnings(),
             alerts=self.alerts.health(),
             last_verify=next((r for r in reversed(self.journal.runs()) if r.kind == "verify" and r.result), None),
+            last_verify_job=next((r for r in reversed(self.journal.runs()) if r.kind == verifyjob.KIND and r.result),
+                                 None),
+            next_verify_job=verifyjob.next_job(self.config.verify, now),
+            oldest_unverified=oldest_unverified(self.state_dir),
         )
 
     def security_warnings(self) -> list[str]:
@@ -684,6 +695,12 @@ class BackupService:
             tracker.set_stage("Done")
             tracker.written_source = None
         return VerifyResult(name=name, files=files, bytes=size, manifest=manifest, deep=deep)
+
+    @reported
+    def run_verify_job(self, *, slot: datetime | None = None, catch_up: bool = False,
+                       cancel: threading.Event | None = None) -> verifyjob.VerifyJobResult:
+        """Run the [verify] job: verify the backups it selects, under the run lock (see backup/verifyjob.py)."""
+        return verifyjob.run(self, slot=slot, catch_up=catch_up, cancel=cancel)
 
     # ------------------------------------------------------------ restore
 

@@ -60,3 +60,28 @@ async def test_test_alert_from_the_palette_shows_what_the_target_answered(config
             command.callback()
             await settle(pilot)
             assert alerts_line(app) == (True, "Alerts: webhook ok")
+
+
+async def test_an_open_console_runs_a_due_verify_job_and_shows_it(config: Config) -> None:
+    from datetime import datetime, timezone
+
+    from backup.service import BackupService
+    from tui_fixtures import FAST_KDF, PASSPHRASE
+
+    with open(config.path, "a", encoding="utf-8") as out:
+        out.write('\n[verify]\ncron = "0 4 * * *"\n')
+    config = load_config(config.path)
+    service = BackupService(config, kdf_params=FAST_KDF)
+    service.set_secret(PASSPHRASE)
+    name = service.run_backup().name
+    now = datetime.now(timezone.utc)
+    app = make_app(config, clock=lambda: now, run_schedule=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await settle(pilot)
+        jobs = [r for r in service.journal.runs() if r.kind == "verify_job"]
+        assert len(jobs) == 1 and jobs[0].result == "ok"
+        assert [r.name for r in service.journal.runs() if r.kind == "verify"] == [name]
+        widget = app.screen.query_one("#verify-job")
+        assert widget.display and str(widget.render()).startswith("Verify job: last ")
+        assert "passed; next " in str(widget.render())
