@@ -589,7 +589,10 @@ class AlertQueue:
                 if target is None:
                     path.unlink(missing_ok=True)  # the target was removed from [notify]
                     continue
-                if target.kind in failed or due > self.clock():
+                now = self.clock()
+                if due > now + timedelta(seconds=MAX_RETRY):
+                    due = now  # the clock went back (it was set wrong when the retry was planned): retry now
+                if target.kind in failed or due > now:
                     continue
                 try:
                     answer = send(target, alert)

@@ -392,10 +392,9 @@ class BackupService:
                 raise SlotAlreadyDoneError(f"The scheduled backup of {slot.isoformat(timespec='minutes')} already ran.")
             name = self.new_backup_name(started)
             with self._journalled("backup", name=name, now=started,
-                                  detail=slot_detail(slot, catch_up) if slot is not None else None) as run, \
-                    edges(self, "backup", name):
+                                  detail=slot_detail(slot, catch_up) if slot is not None else None) as run:
                 kek = self.secret.kek()  # inside the journalled part: a scheduled run without a DMS shows why
-                with shutdown_inhibitor("Backup in progress") as inhibitor:
+                with edges(self, "backup", name), shutdown_inhibitor("Backup in progress") as inhibitor:
                     result = self._write_backup(name, kek, progress, cancel, started, inhibitor.status_line)
                 run.size = result.size
             try:  # still under the lock, so no restore can start reading what retention removes

@@ -422,3 +422,29 @@ def test_stale_and_missing_dms_alert_once_when_they_begin(appliance: Config) -> 
     events = [r["body"]["event"] for r in log.requests]
     assert events.count("stale") == 2  # a new episode: the backup of 3 days ago is now too old
     assert events.count("dms_not_set") == 1
+
+
+def test_a_retry_planned_under_a_wrong_clock_is_not_postponed_for_a_year(appliance: Config) -> None:
+    clock = Clock()
+    with smtp_server(mailbox=Mailbox(refuse_rcpt="451 4.3.0 try again later")) as (port, mailbox):
+        config = with_sections(appliance, email_section(port))
+        service = BackupService(config, clock=clock, kdf_params=FAST_KDF)
+        clock.now += timedelta(days=365)  # the clock was a year ahead when the first attempt failed...
+        service.alerts.enqueue(Alert(appliance="demo-appliance", event="backup_failed", at=clock.now))
+        service.alerts.deliver_due()
+        clock.now -= timedelta(days=365)  # ...and is put right
+        mailbox.refuse_rcpt = None
+        service.alerts.deliver_due()
+    assert len(mailbox.messages) == 1
+
+
+def test_the_failing_headless_run_has_mailed_before_it_exits(appliance: Config) -> None:
+    """The real command: the failure's sentence is printed, and the mail has been accepted when it exits."""
+    with smtp_server() as (port, mailbox):
+        service = service_with(appliance, email_section(port))
+        service.config.appliance.database.unlink()
+        result = run_cli("run", config=service.config)
+        assert result.returncode == 2 and "does not exist" in result.stderr
+        assert len(mailbox.messages) == 1  # no waiting here: delivered before the command exited
+    assert "backup failed" in mailbox.messages[0]["data"]
+    assert service.status().alerts[0].ok
