@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-appliance
 # Debian packages the tests and benchmarks drive for real.
-APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs mariadb-server mariadb-client mariadb-backup galera-4 rsync
-APT_COMMANDS := tmux zstd age ganesha.nfsd mariadbd mariadb mariadb-install-db mariadb-backup mbstream rsync
+APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs mariadb-server mariadb-client mariadb-backup galera-4 rsync prometheus
+APT_COMMANDS := tmux zstd age ganesha.nfsd mariadbd mariadb mariadb-install-db mariadb-backup mbstream rsync promtool
 APT_FILES := /usr/lib/galera/libgalera_smm.so
 PYTEST_ARGS ?=
 

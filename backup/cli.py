@@ -7,6 +7,7 @@ backup.errors.ExitCode (documented in README.md).
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import getpass
 import json
@@ -29,6 +30,7 @@ from backup.schedule import Schedule, local_now, next_runs, preset_cron, validat
 from backup.schedule import describe as describe_cron
 from backup.secret import read_passphrase_file, validate_passphrase
 from backup.service import BackupService, StatusReport, VerifyResult, describe, foreign_note, refused_attributes_sentence
+from backup.verifyjob import status_line as verify_job_line
 
 PROG = "appliance-backup"
 
@@ -93,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--weekly", nargs=2, metavar=("DAY", "HH:MM"), help="every week on DAY (mon..sun) at HH:MM")
     how.add_argument("--monthly", nargs=2, metavar=("D", "HH:MM"), help="every month on day D (1-28) at HH:MM")
     schedule_sub.add_parser("disable", help="turn scheduled backups off (the cron expression is kept)")
+    p = sub.add_parser("notify", help="alerts of [notify]: send a test to every target")
+    notify_sub = p.add_subparsers(dest="notify_command", metavar="ACTION", required=True, parser_class=_Parser)
+    s = notify_sub.add_parser("test", help="send a test alert to every target now and say what each answered "
+                                           "(exit 1 when one failed)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("daemon", help="run scheduled backups until stopped (for systemd; logs to stdout)")
     p = sub.add_parser("demo", help="create a self-contained demo appliance")
     p.add_argument("dir", metavar="DIR", nargs="?", default="demo-appliance")
@@ -161,13 +168,29 @@ def dispatch(args: argparse.Namespace) -> int | None:
         handler = {
             "run": cmd_run, "list": cmd_list, "verify": cmd_verify, "restore": cmd_restore,
             "status": cmd_status, "secret": cmd_secret, "prune": cmd_prune, "schedule": cmd_schedule,
-            "daemon": cmd_daemon,
+            "daemon": cmd_daemon, "notify": cmd_notify,
         }[args.command]
         if args.command in STREAMING_COMMANDS:
             keep_freed_memory()
+        if args.command not in ("daemon", "notify"):
+            service.alert_tick()  # retries due alerts on a background thread; never waited for here
+        if args.command in ALERTING_COMMANDS:
+            _deliver_before_exit(service)
         return handler(service, args)
     finally:
         service.close()
+
+
+ALERTING_COMMANDS = ("run", "verify", "restore", "prune")
+"""Commands whose runs may queue alerts: the command waits a little for their delivery after its result."""
+
+
+def _deliver_before_exit(service: BackupService) -> None:
+    """At exit, after the result or the error is printed, give the delivery thread one attempt's time per
+    target; what is not delivered by then stays queued for the daemon, the console or the next command."""
+    targets = service.config.notify.targets
+    if targets:
+        atexit.register(service.alerts.wait, sum(t.timeout for t in targets) + 1)
 
 
 @contextmanager
@@ -330,6 +353,18 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         "dms_set_at": report.secret.set_at.isoformat() if report.secret.set_at else None,
         "storage": report.storage,
         "recent_runs": [run(r) for r in report.recent],
+        "alerts": [{"target": h.target, "where": h.where, "state": "ok" if h.ok else "failing",
+                    "failing_since": h.failing_since.isoformat() if h.failing_since else None,
+                    "last_error": h.last_error, "last_delivered_at": h.last_ok_at.isoformat() if h.last_ok_at else None,
+                    "pending": h.pending} for h in report.alerts],
+        "last_verify": run(report.last_verify),
+        "verify_job": {
+            "last": run(report.last_verify_job),
+            "next": report.next_verify_job.isoformat() if report.next_verify_job else None,
+            "oldest_unverified": {"name": report.oldest_unverified[0],
+                                  "created_at": report.oldest_unverified[1].isoformat()}
+            if report.oldest_unverified else None,
+        },
     }
 
 
@@ -358,6 +393,17 @@ def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
     if not report.secret.is_set:
         print("Domain Master Secret:           not set (no backup can be made until it is)")
     print(f"Storage:                        {printable(report.storage)}")
+    if report.last_verify is not None and report.last_verify.ended_at is not None:
+        verify = report.last_verify
+        outcome = "passed" if verify.result == "ok" else f"{verify.result}: {verify.error}"
+        print(f"Last Verify:                    {verify.ended_at:%Y-%m-%d %H:%M %Z} {printable(verify.name or '')} {printable(outcome)}")
+    if report.next_verify_job is not None or report.last_verify_job is not None:
+        print(f"Verify Job:                     {verify_job_line(report)}")
+    if report.oldest_unverified is not None:
+        name, created = report.oldest_unverified
+        print(f"Oldest Unverified Backup:       {printable(name)} (made {ago(created, service.clock())})")
+    for health in report.alerts:
+        print(f"Alerts:                         {health.line}")
     return ExitCode.OK
 
 
@@ -473,6 +519,21 @@ def _int(text: str, what: str) -> int:
         return int(text)
     except ValueError:
         raise ConfigError(f"{text!r} is not a number ({what}).") from None
+
+
+def cmd_notify(service: BackupService, args: argparse.Namespace) -> int:
+    targets = service.config.notify.targets
+    if not targets:
+        raise ConfigError(f"No alert target is set: add [notify.email], [notify.webhook] or [notify.syslog] to "
+                          f"{service.config.path} (README: Alerts).")
+    results = service.alerts.test(service.config.appliance.name)
+    if args.json:
+        print(_json([{"target": t.kind, "where": t.where, "delivered": ok, "answer": answer}
+                     for t, ok, answer in results]))
+    else:
+        for target, ok, answer in results:
+            print(f"{target.kind:<8} {target.where}: {'sent' if ok else 'FAILED'}: {answer}")
+    return ExitCode.OK if all(ok for _, ok, _ in results) else ExitCode.FAILED
 
 
 def cmd_daemon(service: BackupService, args: argparse.Namespace) -> int:

@@ -20,10 +20,14 @@ import tomli_w
 
 from backup.errors import ConfigError
 from backup.fsutil import atomic_write_text
+from backup.hooks import HOOK_KEYS, HooksConfig, parse_hooks
+from backup.metrics import parse_metrics
+from backup.notify import NotifyConfig, parse_notify
 from backup.operators import parse_operators
 from backup.retention import RetentionPolicy, parse_retention
 from backup.schedule import Schedule, parse_schedule
 from backup.storage.nfsurl import validate_nfs_url
+from backup.verifyjob import VERIFY_KEYS, VerifyJobConfig, parse_verify
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance-backup/config.toml")
 CONFIG_ENV = "APPLIANCE_BACKUP_CONFIG"
@@ -79,6 +83,14 @@ class Config:
     """[schedule] max_age_hours: the last successful backup is stale when older (default: twice the interval)."""
     database_wait: float = DEFAULT_DATABASE_WAIT
     """[backup] database_wait_seconds: how long a backup waits for a write lock on the internal database to go."""
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    """[hooks]: commands run before and after backups and restores (backup/hooks.py)."""
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    """[notify.email], [notify.webhook], [notify.syslog]: where alerts go (backup/notify.py)."""
+    metrics_textfile: Path | None = None
+    """[metrics] textfile: the Prometheus .prom file written after every run (backup/metrics.py)."""
+    verify: VerifyJobConfig | None = None
+    """[verify]: the scheduled verify job, None when not set (backup/verifyjob.py)."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """The whole parsed document, unknown keys included."""
 
@@ -175,6 +187,10 @@ KNOWN_KEYS: dict[str, tuple[str, ...] | None] = {
     "schedule": ("enabled", "cron", "max_age_hours"),
     "retention": None,  # its own parser names unknown keys (backup/retention.py)
     "operators": None,  # login names
+    "hooks": HOOK_KEYS,
+    "notify": None,  # its own parser names unknown targets and keys (backup/notify.py)
+    "metrics": ("textfile",),
+    "verify": VERIFY_KEYS,
 }
 """Every table of the configuration and its keys: a mistyped key (enable = true) is named, not ignored."""
 
@@ -253,7 +269,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                                                        f"(without quotes), not {wait!r}")
     return Config(path=path, appliance=appliance, state_dir=state_dir, storage=storage, prefix=prefix,
                   schedule=schedule, retention=parse_retention(raw, path), operators=parse_operators(raw, path),
-                  max_age_hours=float(max_age) if max_age is not None else None, database_wait=float(wait), raw=raw)
+                  max_age_hours=float(max_age) if max_age is not None else None, database_wait=float(wait),
+                  hooks=parse_hooks(raw, path), notify=parse_notify(raw, path),
+                  metrics_textfile=parse_metrics(raw, path), verify=parse_verify(raw, path), raw=raw)
 
 
 def _refuse_overlaps(reader: "_Reader", appliance: ApplianceConfig, state_dir: Path, storage: StorageConfig) -> None:

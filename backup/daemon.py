@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from backup.errors import BackupError, ConfigError, ExitCode, InterruptedRunError, LockHeldError, SlotAlreadyDoneError
+from backup import verifyjob
 from backup.inhibit import Inhibitor, shutdown_inhibitor
 from backup.schedule import (
     Schedule,
@@ -148,6 +149,12 @@ def run_daemon(
                 else:
                     say(INFO, "configuration reloaded; the schedule is unchanged")
 
+        alert_tick = getattr(service, "alert_tick", None)
+        if alert_tick is not None:  # standing conditions and due alert retries, on a background thread
+            try:
+                alert_tick()
+            except Exception as exc:  # alerts never stop the scheduler
+                say(WARNING, f"alert delivery could not start: {type(exc).__name__}: {exc}")
         runs = service.journal.runs()
         done = _latest(last_slot_done(runs), attempted, baseline)
         due = due_now(schedule, runs, now, started=started, baseline=_latest(attempted, baseline))
@@ -161,10 +168,17 @@ def run_daemon(
                 wait(poll_seconds)
             continue
 
-        upcoming = next_runs(schedule, now, 1)
+        job = getattr(service.config, "verify", None)
+        job_due = verifyjob.due(job, runs, now, started=started)
+        if job_due is not None:
+            if not _run_verify_job(service, *job_due, stop, say):
+                wait(poll_seconds)
+            continue
+
+        upcoming = next_runs(schedule, now, 1) + ([t] if (t := verifyjob.next_job(job, now)) else [])
         seconds = poll_seconds
         if upcoming:
-            seconds = min(poll_seconds, max(0.0, (utc(upcoming[0]) - utc(now)).total_seconds()))
+            seconds = min(poll_seconds, max(0.0, min((utc(u) - utc(now)).total_seconds() for u in upcoming)))
         wait(seconds)
 
     say(INFO, "daemon stopped")
@@ -203,6 +217,29 @@ def _run_slot(service: ScheduledService, slot: datetime, catch_up: bool, done: d
             name = getattr(result, "name", "?")
             size = getattr(result, "size", None)
             say(INFO, f"backup finished ({label}): {name}" + (f", {size} bytes" if size is not None else ""))
+    return True
+
+
+def _run_verify_job(service: ScheduledService, slot: datetime, catch_up: bool, stop: threading.Event,
+                    say: Callable[[int, str], None]) -> bool:
+    """Run the [verify] job's slot; False when a backup or restore holds the lock (try again later)."""
+    label = f"slot {fmt(slot)}" + (", catch-up" if catch_up else "")
+    say(INFO, f"verify job started ({label})")
+    try:
+        result = service.run_verify_job(slot=slot, catch_up=catch_up, cancel=stop)
+    except SlotAlreadyDoneError:
+        say(INFO, f"verify job skipped ({label}): that slot was already run")
+    except LockHeldError as exc:
+        say(WARNING, f"verify job postponed ({label}): {exc}")
+        return False
+    except InterruptedRunError as exc:
+        say(WARNING, f"verify job interrupted ({label}): {exc}")
+    except BackupError as exc:
+        say(ERROR, f"verify job failed ({label}): {exc}")
+    except Exception as exc:  # a daemon outlives one bad run; the journal has the run's error
+        say(ERROR, f"verify job failed ({label}): unexpected {type(exc).__name__}: {exc}")
+    else:
+        say(INFO, f"verify job finished ({label}): {len(result.verified)} backup(s) verified")
     return True
 
 

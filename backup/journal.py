@@ -77,6 +77,17 @@ class RunJournal:
         self._append(record)
         self.progress_path.unlink(missing_ok=True)
 
+    def event(self, kind: str, *, now: datetime, **facts: Any) -> None:
+        """Journal one event that is not a run (a hook's command, an alert's delivery): its facts as given.
+
+        `runs()` skips these records; `events()` reads them back.
+        """
+        self._append({"type": "event", "kind": kind, "at": now.isoformat(), **facts})
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        """Every event of `kind`, oldest first, as journalled (with "at", an ISO 8601 time)."""
+        return [rec for rec in self._records() if rec.get("type") == "event" and rec.get("kind") == kind]
+
     def runs(self) -> list[RunRecord]:
         """Every run, oldest first."""
         runs: dict[str, RunRecord] = {}

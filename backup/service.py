@@ -55,6 +55,7 @@ from backup.extract import Extractor
 from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir, remove_tree
 from backup.humanize import human_bytes
 from backup.inhibit import shutdown_inhibitor
+from backup.hooks import HookRunner
 from backup.journal import RunJournal, RunRecord, interrupted_error
 from backup.lock import RECOVERY_TASK, RunLock, is_locked, pid_alive, read_holder
 from backup.payload import (
@@ -70,11 +71,14 @@ from backup.payload import (
     walk_payload,
 )
 from backup.operators import check_operator
+from backup.notify import AlertQueue, TargetHealth
 from backup.progress import ProgressCallback, Tracker
+from backup.reporting import edges, oldest_unverified, reported, tick
 from backup.retention import Decision, plan
 from backup.schedule import interval_estimate, local_now, local_timezone, next_runs, slot_already_done, slot_detail
 from backup.secret import DomainMasterSecret, SecretInfo, appliance_identity
 from backup.storage import PARTIAL_SUFFIX, Entry, Storage, open_storage
+from backup import verifyjob
 
 BACKUP_SUFFIX = ".abk"
 OWN_SUFFIX = r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk"
@@ -183,6 +187,16 @@ class StatusReport:
     """A sentence when the last successful backup is too old (see BackupService._staleness)."""
     warnings: list[str] = field(default_factory=list)
     """Sentences about the appliance's own set-up, e.g. a key file others may read."""
+    alerts: list[TargetHealth] = field(default_factory=list)
+    """Each [notify] target's delivery health (backup/notify.py); empty when none is set."""
+    last_verify: RunRecord | None = None
+    """The most recent finished verify run."""
+    last_verify_job: RunRecord | None = None
+    """The most recent finished [verify] job run."""
+    next_verify_job: datetime | None = None
+    """When the [verify] job runs next; None when no job is set."""
+    oldest_unverified: tuple[str, datetime] | None = None
+    """The oldest backup no verify has passed (name, created at), as the last run saw the storage."""
 
     @property
     def state(self) -> str:
@@ -199,6 +213,7 @@ class BackupService:
         self.secret = DomainMasterSecret(self.state_dir, params=kdf_params)
         self.catalog = Catalog(self.state_dir)
         self._storage = storage
+        self.alerts = AlertQueue(self.state_dir, config.notify, self.journal, clock)
 
     # ------------------------------------------------------------ basics
 
@@ -212,6 +227,7 @@ class BackupService:
         """Use a new configuration (after Save Settings); the storage is opened anew from it when next needed."""
         self.close()
         self.config = config
+        self.alerts = AlertQueue(self.state_dir, config.notify, self.journal, self.clock)
 
     def close(self) -> None:
         """Release the storage (an NFS connection or kernel mount). The service opens it again when needed."""
@@ -219,6 +235,15 @@ class BackupService:
         close = getattr(storage, "close", None)
         if close is not None:
             close()
+
+    @property
+    def hooks(self) -> HookRunner:
+        return HookRunner(self.config.hooks, self.journal, self.clock)
+
+    def alert_tick(self):
+        """Alert standing conditions when they begin and deliver due alerts, off the caller's thread
+        (see backup.reporting.tick); returns the delivery thread, or None when no target is set."""
+        return tick(self)
 
     def secret_info(self) -> SecretInfo:
         return self.secret.info()
@@ -345,6 +370,12 @@ class BackupService:
             next_scheduled=upcoming[0] if upcoming else None,
             stale=self._staleness(last_success, now),
             warnings=self.security_warnings() + self._future_warnings(now, gone),
+            alerts=self.alerts.health(),
+            last_verify=next((r for r in reversed(self.journal.runs()) if r.kind == "verify" and r.result), None),
+            last_verify_job=next((r for r in reversed(self.journal.runs()) if r.kind == verifyjob.KIND and r.result),
+                                 None),
+            next_verify_job=verifyjob.next_job(self.config.verify, now),
+            oldest_unverified=oldest_unverified(self.state_dir),
         )
 
     def _future_warnings(self, now: datetime, gone: set[str]) -> list[str]:
@@ -399,6 +430,7 @@ class BackupService:
 
     # ------------------------------------------------------------ backup
 
+    @reported
     def run_backup(self, *, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                    slot: datetime | None = None, catch_up: bool = False, operator: str | None = None) -> BackupResult:
         """Back up now. `slot` marks a scheduled run: it runs at most once, whoever sees it first.
@@ -420,7 +452,7 @@ class BackupService:
             with self._journalled("backup", name=name, now=started,
                                   detail=slot_detail(slot, catch_up) if slot is not None else None) as run:
                 kek = self.secret.kek()  # inside the journalled part: a scheduled run without a DMS shows why
-                with shutdown_inhibitor("Backup in progress") as inhibitor:
+                with edges(self, "backup", name), shutdown_inhibitor("Backup in progress") as inhibitor:
                     result = self._write_backup(name, kek, progress, cancel, started, inhibitor.status_line)
                 run.size = result.size
             try:  # still under the lock, so no restore can start reading what retention removes
@@ -606,6 +638,7 @@ class BackupService:
         prefix = f"{re.escape(self.config.prefix)}-" if self.config.prefix else ""
         return re.fullmatch(prefix + re.escape(self.config.appliance.name) + OWN_SUFFIX, name) is not None
 
+    @reported
     def prune(self, *, dry_run: bool = False, new_backup: str | None = None) -> list[Decision]:
         """Apply [retention] to this appliance's backups; other files in the storage are never touched.
 
@@ -760,6 +793,7 @@ class BackupService:
 
     # ------------------------------------------------------------ verify
 
+    @reported
     def verify(self, name: str, *, deep: bool = False, passphrase: str | None = None,
                progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> VerifyResult:
         """Prove a backup intact and openable; nothing is written.
@@ -770,7 +804,7 @@ class BackupService:
         the writer made, which re-proves the writer's own work (and takes several times as long).
         """
         with self._journalled("verify", name=name, detail=VERIFY_DEEP if deep else VERIFY_AUTHENTICATED), \
-                self._open(name) as source:
+                edges(self, "verify", name), self._open(name) as source:
             reader = self._reader(source, passphrase)
             tracker = Tracker("verify", progress, cancel, written=source.tell)
             if deep:
@@ -788,8 +822,15 @@ class BackupService:
             tracker.written_source = None
         return VerifyResult(name=name, files=files, bytes=size, manifest=manifest, deep=deep)
 
+    @reported
+    def run_verify_job(self, *, slot: datetime | None = None, catch_up: bool = False,
+                       cancel: threading.Event | None = None) -> verifyjob.VerifyJobResult:
+        """Run the [verify] job: verify the backups it selects, under the run lock (see backup/verifyjob.py)."""
+        return verifyjob.run(self, slot=slot, catch_up=catch_up, cancel=cancel)
+
     # ------------------------------------------------------------ restore
 
+    @reported
     def restore(self, name: str, *, passphrase: str | None = None, progress: ProgressCallback | None = None,
                 cancel: threading.Event | None = None, operator: str | None = None) -> RestoreResult:
         """Return the appliance to the backup's state; on any failure the previous state stays or comes back."""
@@ -797,7 +838,7 @@ class BackupService:
         started = self.clock()
         with RunLock(self.state_dir, "restore", now=started):
             self.recover_unlocked()
-            with self._journalled("restore", name=name, now=started) as run, \
+            with self._journalled("restore", name=name, now=started) as run, edges(self, "restore", name), \
                     shutdown_inhibitor("Restore in progress") as inhibitor:
                 publish = self._progress_publisher(progress, inhibitor=inhibitor.status_line)
                 result = self._restore(name, passphrase, publish, cancel, run.id)

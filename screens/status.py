@@ -6,7 +6,9 @@ from textual.app import ComposeResult
 from textual.widgets import Static
 
 from backup.progress import Progress
+from backup.humanize import ago
 from backup.service import StatusReport
+from backup.verifyjob import status_line as verify_job_line
 from screens.base import ConsoleScreen
 from widgets.recent_runs import RecentRuns, SizeTrend
 from widgets.run_progress import RunProgress
@@ -35,6 +37,8 @@ class StatusScreen(ConsoleScreen):
         yield Static("Backup Status Information", classes="section-title")
         yield StatusTable(id="status-table")
         yield Static("", id="stale", markup=False)
+        yield Static("", id="alerts", markup=False)
+        yield Static("", id="verify-job", markup=False)
         yield RunProgress(glyphs, id="run-progress")
         yield Static("", id="notice", markup=False)
         yield Static("Recent Runs", classes="section-title")
@@ -45,6 +49,8 @@ class StatusScreen(ConsoleScreen):
         self.query_one(RunProgress).display = False
         self.query_one("#notice").display = False
         self.query_one("#stale").display = False
+        self.query_one("#alerts").display = False
+        self.query_one("#verify-job").display = False
         self.watch(self.app, "report", self._show_report)
         self.watch(self.app, "progress", self._show_progress)
         self.watch(self.app, "backup_running", self._show_running)
@@ -62,6 +68,20 @@ class StatusScreen(ConsoleScreen):
         stale = "\n".join(line for line in (report.stale, *report.warnings) if line)
         self.query_one("#stale", Static).update(stale)
         self.query_one("#stale").display = bool(stale)
+        alerts = "\n".join(f"Alerts: {health.line}" for health in report.alerts)  # only when [notify] has targets
+        self.query_one("#alerts", Static).update(alerts)
+        self.query_one("#alerts").display = bool(alerts)
+        self.query_one("#alerts").set_class(any(not h.ok for h in report.alerts), "failing")
+        job = ""
+        if report.next_verify_job is not None or report.last_verify_job is not None:  # only with [verify]
+            job = f"Verify job: {verify_job_line(report)}"
+            if report.oldest_unverified is not None:
+                name, created = report.oldest_unverified
+                job += f"\nOldest unverified backup: {name} ({ago(created, now)})"
+        self.query_one("#verify-job", Static).update(job)
+        self.query_one("#verify-job").display = bool(job)
+        failed = report.last_verify_job is not None and report.last_verify_job.result != "ok"
+        self.query_one("#verify-job").set_class(failed, "failing")
         self._show_notice(self.app.notice)
         if not self.app.backup_running:
             # A run of another process (the scheduler, `appliance-backup run`): its published progress.

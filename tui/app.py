@@ -30,6 +30,7 @@ from textual.theme import BUILTIN_THEMES
 
 from backup.archive import ScryptParams
 from backup.config import Config, update_config
+from backup import verifyjob
 from backup.daemon import due_now, first_baseline
 from backup.errors import DmsNotSetError, LockHeldError, OperatorRefusedError, SlotAlreadyDoneError
 from backup.progress import Progress
@@ -40,6 +41,7 @@ from screens.dialogs import ConfirmQuitScreen, HelpScreen
 from screens.status import StatusScreen
 from tui import profile
 from tui.messages import (
+    AlertsTested,
     Concealed,
     BackupFailed,
     BackupFinished,
@@ -150,6 +152,10 @@ class BackupConsole(App[int]):
         self.refresh_interval = refresh_interval
         self.blink_cursor = blink_cursor
         self._cancel = threading.Event()
+        self._job_cancel = threading.Event()
+        """Stops a scheduled verify job this console runs (on quit)."""
+        self.verify_job_running = False
+        """Whether this console runs a scheduled [verify] job right now."""
         self._quit_when_stopped = False
         self.run_schedule = run_schedule
         """Run due scheduled backups from the console too (off in tests that do not test it)."""
@@ -200,6 +206,10 @@ class BackupConsole(App[int]):
             self.post_message(StatusUnavailable(describe(exc)))
             return
         self.post_message(StatusRefreshed(report))
+        try:
+            self.service.alert_tick()  # standing conditions and due alert retries, on their own thread
+        except Exception:  # alerts never take the console down; their health is in the report
+            pass
         if self.run_schedule and not report.running:
             try:
                 self._check_schedule()
@@ -233,11 +243,38 @@ class BackupConsole(App[int]):
                             lambda: self.action_show_mode("settings"))
         yield SystemCommand("Storage", "Where backups are kept (key 3)", lambda: self.action_show_mode("storage"))
         yield SystemCommand("Back up now", "Create a backup of this appliance now (key b)", self.action_back_up_now)
+        yield SystemCommand("Send a test alert", "Send a test to every [notify] target and show what each answered",
+                            self.action_notify_test)
         yield SystemCommand("Help", "Keys and what each screen does (key ?)", self.action_help)
         for command in super().get_system_commands(screen):
             if command.title != "Quit":
                 yield command
         yield SystemCommand("Quit", "Leave the console (key q); asks first while a backup runs", self.action_quit)
+
+    # ------------------------------------------------------------ alerts
+
+    def action_notify_test(self) -> None:
+        if not self.config.notify.targets:
+            self.notify("No alert target is set: add [notify.email], [notify.webhook] or [notify.syslog] to "
+                        f"{self.config.path}.", title="No alert target", severity="warning", timeout=8, markup=False)
+            return
+        self.notify("Sending a test alert to every target...", title="Alerts", markup=False)
+        self.notify_test()
+
+    @work(thread=True, exclusive=True, group="notify", exit_on_error=False, description="send a test alert")
+    def notify_test(self) -> None:
+        try:
+            results = self.service.alerts.test(self.config.appliance.name)
+        except Exception as exc:
+            self.post_message(AlertsTested([describe(exc)], all_sent=False))
+            return
+        lines = [f"{t.kind}: {'sent' if ok else 'FAILED'}: {answer}" for t, ok, answer in results]
+        self.post_message(AlertsTested(lines, all_sent=all(ok for _, ok, _ in results)))
+
+    def on_alerts_tested(self, message: AlertsTested) -> None:
+        self.notify("\n".join(message.lines), title="Test alert", severity="information" if message.all_sent else "error",
+                    timeout=15, markup=False)
+        self.refresh_status()
 
     # ------------------------------------------------------------ back up now
 
@@ -284,6 +321,31 @@ class BackupConsole(App[int]):
         due = due_now(self.config.schedule, runs, self.clock(), started=self._started_at, baseline=baseline)
         if due is not None:
             self.call_from_thread(self._start_scheduled, *due)
+            return
+        job_due = verifyjob.due(self.config.verify, runs, self.clock(), started=self._started_at)
+        if job_due is not None:
+            self.call_from_thread(self._start_verify_job, *job_due)
+
+    def _start_verify_job(self, slot: datetime, catch_up: bool) -> None:
+        if not self.backup_running and not self.verify_job_running:
+            self.verify_job_running = True
+            self.run_verify_job(slot, catch_up)
+
+    @work(thread=True, exclusive=True, group="verify-job", exit_on_error=False, description="scheduled verify job")
+    def run_verify_job(self, slot: datetime, catch_up: bool) -> None:
+        """A [verify] slot, as the daemon runs it; whoever sees the slot first runs it (journal, run lock)."""
+        try:
+            self.service.run_verify_job(slot=slot, catch_up=catch_up, cancel=self._job_cancel)
+        except Exception:  # journalled (and alerted) by the core; the Status screen shows it
+            pass
+        self.call_from_thread(self._verify_job_ended)
+
+    def _verify_job_ended(self) -> None:
+        self.verify_job_running = False
+        if self._quit_when_stopped and self.running_run() is None:
+            self.exit(0)
+            return
+        self.refresh_status()
 
     def _start_scheduled(self, slot: datetime, catch_up: bool) -> None:
         if not self.backup_running:
@@ -333,6 +395,8 @@ class BackupConsole(App[int]):
         """The run that quitting would stop: "backup", or "restore" or "verify" in the storage browser."""
         if self.backup_running:
             return "backup"
+        if self.verify_job_running:
+            return "verify"
         for screen in self._storage_browsers():
             if screen.running_task in ("restore", "verify", "verify_deep"):
                 return "verify" if screen.running_task == "verify_deep" else screen.running_task
@@ -387,6 +451,7 @@ class BackupConsole(App[int]):
             return
         self._quit_when_stopped = True
         self._cancel.set()
+        self._job_cancel.set()
         for screen in self._storage_browsers():
             screen.stop_task()
 

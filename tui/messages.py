@@ -124,6 +124,14 @@ class SettingsSaveFailed(Message):
 
 
 @dataclass
+class AlertsTested(Message):
+    """`notify test` from the console: one line per alert target (what it answered), and whether all took it."""
+
+    lines: list[str]
+    all_sent: bool
+
+
+@dataclass
 class StatusUnavailable(Message):
     """The status could not be read; `sentence` says why."""
 
