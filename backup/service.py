@@ -62,6 +62,7 @@ from backup.retention import Decision, plan
 from backup.schedule import interval_estimate, local_now, local_timezone, next_runs, slot_already_done, slot_detail
 from backup.secret import DomainMasterSecret, SecretInfo
 from backup.storage import PARTIAL_SUFFIX, Storage, open_storage
+from backup.trust import check_trusted
 
 BACKUP_SUFFIX = ".abk"
 OWN_SUFFIX = r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk"
@@ -173,6 +174,9 @@ class BackupService:
         self.journal = RunJournal(self.state_dir)
         self.secret = DomainMasterSecret(self.state_dir, params=kdf_params)
         self._storage = storage
+        # Every front end makes a service: none starts on a state another local user could replace.
+        check_trusted(config.path, "The configuration file")
+        self.secret.check_trusted()
 
     # ------------------------------------------------------------ basics
 
