@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from backup import __version__
-from backup.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config, resolve_config_path, update_config
+from backup.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config, resolve_config_path
 from backup.errors import BackupError, ConfigError, ExitCode
 from backup.humanize import ago, human_bytes, printable
 from backup.journal import RunRecord
-from backup.operators import check_operator
 from backup.progress import Progress
 from backup.schedule import Schedule, local_now, next_runs, preset_cron, validate_cron
 from backup.schedule import describe as describe_cron
@@ -42,7 +41,14 @@ exit codes:
   3 DMS not set        4 wrong DMS                   5 integrity failure (tampered, truncated, not a backup)
   6 lock held          7 storage unreachable/full    8 DMS already set
   9 operator refused   10 backup not found           130 interrupted (SIGINT/SIGTERM)
+
+operators: with an [operators] table, only "oauth" operators may change anything (back up, restore,
+delete, prune, settings, schedule, storage, secret); "otp" and unlisted ones may only look.
 """
+
+
+OPERATOR_HELP = ("who acts (default: the login: the user running the command, or the user sudo ran it for); "
+                 "may not have more rights in [operators] than the login (root may name anyone)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,17 +57,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
+class _CommandParser(_Parser):
+    """A command's parser: it takes `--operator` after the command too, without hiding one given before it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--operator", metavar="NAME", default=argparse.SUPPRESS, help=OPERATOR_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Encrypted backups of this appliance: with no command, opens the console.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="PATH", help="the appliance's configuration file")
     parser.add_argument("--theme", metavar="NAME",
                         help='console colours: a Textual theme, e.g. "ansi" (default on TERM=linux/vt100)')
+    parser.add_argument("--operator", metavar="NAME", help=OPERATOR_HELP)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     p = sub.add_parser("run", help="back up now; prints the new backup's name")
-    p.add_argument("--operator", metavar="NAME", help="who asks (default: the login name); checked against [operators]")
     p = sub.add_parser("list", help="backups in the storage, newest first")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("verify", help="authenticate every byte of a backup (--deep: and every file); changes nothing")
@@ -73,18 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--passphrase-file", metavar="F", help="the DMS the backup was made with (another appliance's)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--operator", metavar="NAME", help="who asks (default: the login name); checked against [operators]")
     p = sub.add_parser("status", help="current status, last successful backup, last error")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("secret", help="the Domain Master Secret (DMS)")
-    secret_sub = p.add_subparsers(dest="secret_command", metavar="ACTION", required=True, parser_class=_Parser)
+    secret_sub = p.add_subparsers(dest="secret_command", metavar="ACTION", required=True, parser_class=_CommandParser)
     s = secret_sub.add_parser("set", help="set the DMS (once for the appliance's lifetime)")
     s.add_argument("--passphrase-file", metavar="F", help="read the DMS from the first line of F (UTF-8; a byte-order mark is ignored)")
     p = sub.add_parser("prune", help="apply [retention]: delete this appliance's backups it does not keep")
     p.add_argument("--dry-run", action="store_true", help="only show what would be deleted and why")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("schedule", help="show or change the backup schedule")
-    schedule_sub = p.add_subparsers(dest="schedule_command", metavar="ACTION", parser_class=_Parser)
+    schedule_sub = p.add_subparsers(dest="schedule_command", metavar="ACTION", parser_class=_CommandParser)
     s = schedule_sub.add_parser("show", help="the schedule and its next runs (the default)")
     s.add_argument("--next", type=int, default=5, metavar="N", help="how many next runs to preview (default 5)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -161,9 +174,10 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command is None:
         from tui.app import run_console  # Textual is imported only for the console
 
-        return run_console(config, theme=args.theme)
-    service = BackupService(config)
+        return run_console(config, theme=args.theme, operator=args.operator)
+    service = BackupService(config, operator=args.operator)
     try:
+        service.access()  # an --operator with more rights than the login is refused, whatever the command
         service.recover()
         handler = {
             "run": cmd_run, "list": cmd_list, "verify": cmd_verify, "restore": cmd_restore,
@@ -236,7 +250,7 @@ def cmd_run(service: BackupService, args: argparse.Namespace) -> int:
     line = _ProgressLine()
     with stop_on_signals() as cancel:
         try:
-            result = service.run_backup(progress=line, cancel=cancel, operator=args.operator)
+            result = service.run_backup(progress=line, cancel=cancel)
         finally:
             line.close()
     print(result.name)
@@ -274,7 +288,13 @@ def cmd_verify(service: BackupService, args: argparse.Namespace) -> int:
         finally:
             line.close()
     print(f"{printable(result.name)}: OK ({verified_sentence(result)})")
+    if not result.recorded:
+        print(f"{PROG}: {NOT_RECORDED}", file=sys.stderr)
     return ExitCode.OK
+
+
+NOT_RECORDED = "not recorded in the run journal: this operator may only look, and a recorded verification " \
+               "keeps a backup from retention."
 
 
 def verified_sentence(result: VerifyResult) -> str:
@@ -288,7 +308,7 @@ def verified_sentence(result: VerifyResult) -> str:
 def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
     passphrase = _passphrase(args)
     appliance = service.config.appliance
-    check_operator(service.config.raw, service.config.path, args.operator)  # before asking anything
+    service.require("restore backups")  # before asking anything
     if not args.yes:
         if not sys.stdin.isatty():
             raise ConfigError("Restore replaces the appliance's state: confirm with --yes when there is no terminal to ask on.")
@@ -312,8 +332,7 @@ def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
     line = _ProgressLine()
     with stop_on_signals() as cancel:
         try:
-            result = service.restore(args.name, passphrase=passphrase, progress=line, cancel=cancel,
-                                     operator=args.operator)
+            result = service.restore(args.name, passphrase=passphrase, progress=line, cancel=cancel)
         finally:
             line.close()
     print(f"Restored {printable(result.name)} ({result.files} files). "
@@ -408,6 +427,7 @@ def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
 
 
 def cmd_secret(service: BackupService, args: argparse.Namespace) -> int:
+    service.require("set the Domain Master Secret")
     service.secret.ensure_not_set()  # say so before reading or asking for anything
     if args.passphrase_file:
         passphrase = read_passphrase_file(args.passphrase_file)
@@ -444,6 +464,8 @@ def cmd_prune(service: BackupService, args: argparse.Namespace) -> int:
 def cmd_schedule(service: BackupService, args: argparse.Namespace) -> int:
     config = service.config
     action = args.schedule_command or "show"
+    if action in ("set", "disable"):
+        service.require("change the schedule")  # before anything is read or checked
     if action == "set":
         if args.cron is not None:  # an empty value is a mistake to name, not a missing option
             problem = validate_cron(args.cron)
@@ -456,9 +478,9 @@ def cmd_schedule(service: BackupService, args: argparse.Namespace) -> int:
             cron = preset_cron("weekly", args.weekly[1], weekday=_weekday(args.weekly[0]))
         else:
             cron = preset_cron("monthly", args.monthly[1], day=_int(args.monthly[0], "day of the month"))
-        config = update_config(config, Schedule(enabled=True, cron=cron).to_config())
+        config = service.update_settings(Schedule(enabled=True, cron=cron).to_config())
     elif action == "disable":
-        config = update_config(config, Schedule(enabled=False, cron=config.schedule.cron).to_config())
+        config = service.update_settings(Schedule(enabled=False, cron=config.schedule.cron).to_config())
     count = getattr(args, "next", 5)
     if count < 0:
         raise ConfigError("--next must be 0 or more.")

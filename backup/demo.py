@@ -30,6 +30,7 @@ from typing import TypeVar
 import tomli_w
 
 from backup.errors import ConfigError
+from backup.fsutil import ensure_private_dir
 
 __all__ = [
     "DatabaseSize",
@@ -127,7 +128,7 @@ def create_demo_appliance(directory: Path, *, seed: int = 1) -> Path:
             f"Cannot create the demo appliance in {directory}: the directory is not empty. "
             "Choose a new or empty directory."
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(directory)  # it holds the state and the configuration: no one else may change it
     rng = random.Random(seed)
 
     firmware = directory / "firmware"
@@ -149,10 +150,8 @@ def create_demo_appliance(directory: Path, *, seed: int = 1) -> Path:
         connection.commit()
     finally:
         connection.close()
-    storage.mkdir()
-    state.mkdir()
-    # mkdir's mode is filtered by the umask; the state holds key material.
-    state.chmod(0o700)
+    ensure_private_dir(storage)
+    ensure_private_dir(state)  # the state holds key material
 
     config = directory / "config.toml"
     write_appliance_config(
@@ -211,6 +210,7 @@ def write_appliance_config(
         **(extra or {}),
     }
     Path(path).write_text(tomli_w.dumps(document), encoding="utf-8")
+    Path(path).chmod(0o644)  # not the umask's: whoever may write it chooses the state, storage and operators
 
 
 def write_files(root: Path, files: Mapping[str, str | bytes], *, private: Iterable[str] = ()) -> None:

@@ -111,3 +111,7 @@ class SlotAlreadyDoneError(BackupError):
     """A scheduled slot was already run (by the daemon or an open console): it is not run twice."""
 
     exit_code = ExitCode.OK
+
+
+class UnsafePathError(ConfigError):
+    """Another local user could replace the configuration, the state directory or the key file (backup.trust)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,8 +111,30 @@ def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create `path` (and parents) with mode 0700 if missing."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create `path` and each missing folder above it with mode 0700, whatever the umask.
+
+    mkdir's mode is filtered by the umask, and `mkdir -p` (Path.mkdir(parents=True)) makes the
+    parents with the umask's mode alone: 0777 under umask 000, which let another user replace the
+    state directory. Each level is made 0700 and set so explicitly; an existing folder keeps its
+    mode (backup.trust refuses one that others may write). The process umask is left alone:
+    hooks and the appliance's own files made during a restore are not this function's business.
+    """
+    path = Path(path)
+    missing = []
+    level = path
+    while not level.is_dir() and level != level.parent:
+        missing.append(level)
+        level = level.parent
+    for level in reversed(missing):
+        try:
+            os.mkdir(level, 0o700)
+        except FileExistsError:
+            if level.is_dir():
+                continue  # made by another process meanwhile
+            raise
+        if stat.S_IMODE(os.lstat(level).st_mode) != 0o700:  # a umask that took the owner's bits
+            os.chmod(level, 0o700)
+
 
 
 PATH_LIMIT = 3072

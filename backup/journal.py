@@ -122,7 +122,9 @@ class RunJournal:
     def write_progress(self, data: dict[str, Any]) -> None:
         """Publish the running run's progress for other processes (`status`); not fsynced, it is transient."""
         tmp = self.progress_path.with_name(f".{PROGRESS_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps(data))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # private, whatever the umask
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data))
         os.replace(tmp, self.progress_path)
 
     def read_progress(self) -> dict[str, Any] | None:

@@ -1,22 +1,36 @@
-"""Provides the operator check: OTP accounts may not create or restore backups.
+"""Provides who the operator is and what they may do: OTP and unlisted operators may only look.
 
 Configuration (in the appliance's config.toml):
 
     [operators]
-    alice = "oauth"     # may create and restore backups
-    bob = "otp"         # refused, with the appliance's guidance
+    alice = "oauth"     # may look and change: back up, restore, delete, prune, settings, schedule, storage, secret
+    bob = "otp"         # may only look, and is told the appliance's guidance
 
 Without an [operators] table there is no account check: whoever may run the
-command may back up. With the table, only the operators it lists as "oauth"
-may; a name it does not list is refused. The operator in effect is the one
-given (the console's signed-in operator, `--operator`), else the OS login name.
+command may do everything. With the table, only the operators it lists as
+"oauth" may change anything; an "otp" or unlisted operator may look (status,
+list, details, schedule show, prune --dry-run, verify, which is then not
+recorded).
+
+The login, whose rights count, comes from the operating system, never from a
+flag or an environment variable another user could set: the real uid of the
+process, by its name in the user database. The one exception is a root process
+that sudo started: sudo sets SUDO_USER to the user who asked, a non-root user
+cannot start a root process any other way, and a root process could rewrite
+the configuration anyway; so its login is that user. `--operator NAME` (the
+command's, and the console's) may name an operator with no more rights than the
+login; root (not through sudo) may name anyone, which is how the appliance's own
+sign-in, running as root, tells the console who signed in.
 """
 
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from backup.errors import ConfigError, OperatorRefusedError
 
@@ -41,38 +55,81 @@ def parse_operators(raw: dict[str, Any], path: Path | str) -> dict[str, str] | N
     return operators
 
 
-def check_operator(raw_config: dict[str, Any], path: Path | str, operator: str | None, *,
-                   getuser: Callable[[], str] = getpass.getuser) -> str:
-    """Return the operator in effect when they may create or restore backups; raise when not.
+@dataclass(frozen=True)
+class Login:
+    """The OS login a process runs under (see the module docstring)."""
+
+    name: str
+    """The login name; "" when the uid has none in the user database."""
+    superuser: bool
+    """root, not through sudo: may name any operator."""
+
+
+def current_login(*, getuid: Callable[[], int] = os.getuid, environ: Mapping[str, str] = os.environ) -> Login:
+    """The login of this process: its real uid's name, or for a root process sudo started, SUDO_USER."""
+    uid = getuid()
+    if uid == 0:
+        sudo_user = environ.get("SUDO_USER", "")
+        if sudo_user and sudo_user != "root":
+            return Login(sudo_user, superuser=False)
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = ""
+    return Login(name, superuser=uid == 0)
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who acts, under which login, and whether they may change anything."""
+
+    operator: str
+    login: str
+    may_change: bool
+    method: str | None
+    """"oauth", "otp", or None: not listed (or no [operators] table)."""
+    config_path: Path | str
+
+    def refusal(self, what: str) -> str:
+        """The sentence refusing `what` ("create backups", "change the schedule") to a look-only operator."""
+        if not self.operator:
+            return (f"The operator cannot be determined (this process's user has no login name), so may not {what}: "
+                    "sign in with a named OAuth account and try again.")
+        if self.method == "otp":
+            return (f"Operator {self.operator} signs in with OTP, so may not {what} (OTP accounts may only look): "
+                    "create an OAuth account, sign in with it, and remove the OTP account.")
+        return (f"Operator {self.operator} is not listed in [operators] of {self.config_path}, so may not {what} "
+                f"(unlisted operators may only look): add the line {self.operator} = \"oauth\" there for an OAuth "
+                "account, or sign in as a listed operator.")
+
+    def require(self, what: str) -> None:
+        """Raise OperatorRefusedError when this operator may only look."""
+        if not self.may_change:
+            raise OperatorRefusedError(self.refusal(what))
+
+
+def _may_change(operators: dict[str, str] | None, name: str) -> bool:
+    return operators is None or (bool(name) and operators.get(name) == "oauth")
+
+
+def resolve_access(raw_config: dict[str, Any], path: Path | str, requested: str | None, login: Login) -> Access:
+    """What the operator `requested` (`--operator`; None: the login itself) may do, running under `login`.
 
     Raises:
-        OperatorRefusedError: an OTP operator, or one the [operators] table does not list.
+        OperatorRefusedError: `requested` has more rights than `login` (a flag cannot raise them).
         ConfigError: the [operators] table is malformed.
     """
     operators = parse_operators(raw_config, path)
-    name = operator
-    if not name:
-        try:
-            name = getuser()
-        except (OSError, KeyError, ImportError):
-            name = ""
-    if not name:
-        if operators is None:
-            return ""
+    name = login.name if requested is None else requested.strip()
+    if requested is not None and not name:
+        raise ConfigError("--operator needs a name: give the operator's login name, or leave the option out.")
+    if name != login.name and not login.superuser and _may_change(operators, name) \
+            and not _may_change(operators, login.name):
         raise OperatorRefusedError(
-            "The operator cannot be determined (no login name): sign in with a named OAuth account and try again."
+            f"--operator {name} is refused: {name} may change the appliance, but this command runs under the login "
+            f"{login.name or '(no name)'}, which may only look, and a flag cannot raise a login's rights. "
+            f"Sign in as {name} to act as {name}."
         )
-    if operators is None:
-        return name
-    method = operators.get(name)
-    if method is None:
-        raise OperatorRefusedError(
-            f"Operator {name} is not listed in [operators] of {path}, so may not create or restore backups: "
-            f"add the line {name} = \"oauth\" there for an OAuth account, or sign in as a listed operator."
-        )
-    if method == "otp":
-        raise OperatorRefusedError(
-            f"Operator {name} signs in with OTP, and OTP accounts may not create or restore backups: "
-            "create an OAuth account, sign in with it, and remove the OTP account."
-        )
-    return name
+    method = operators.get(name) if operators is not None else None
+    return Access(operator=name, login=login.name, may_change=_may_change(operators, name), method=method,
+                  config_path=path)

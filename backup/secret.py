@@ -20,6 +20,7 @@ from pathlib import Path
 from backup.archive import KeyEncryptionKey, ScryptParams, derive_kek, new_salt
 from backup.errors import ConfigError, DmsAlreadySetError, DmsNotSetError
 from backup.fsutil import atomic_write_text, ensure_private_dir
+from backup.trust import check_trusted
 
 MIN_LENGTH = 8
 """The shortest DMS accepted, in Unicode code points of its NFC form (not bytes, not letters on screen)."""
@@ -122,6 +123,7 @@ class DomainMasterSecret:
         problem = validate_passphrase(passphrase)
         if problem:
             raise ConfigError(problem)
+        self.check_trusted()
         ensure_private_dir(self.state_dir)
         kek = derive_kek(normalize(passphrase), new_salt(), self.params)
         data = {
@@ -173,7 +175,13 @@ class DomainMasterSecret:
         candidate = derive_kek(normalize(passphrase), kek.salt, kek.params, cipher=kek.cipher)
         return hmac.compare_digest(candidate.key, kek.key)
 
+    def check_trusted(self) -> None:
+        """Refuse a state directory or key file another local user could replace (backup.trust)."""
+        check_trusted(self.state_dir, "The state directory", private=True)
+        check_trusted(self.path, "The Domain Master Secret key file")
+
     def _read(self) -> dict:
+        self.check_trusted()  # at every use: the key encrypts what happens next
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:

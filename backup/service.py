@@ -17,11 +17,12 @@ import shutil
 import sqlite3
 import tarfile
 import threading
-from contextlib import ExitStack, contextmanager
+import tomllib
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import zstandard
 
@@ -37,7 +38,7 @@ from backup.archive import (
     read_header,
 )
 from backup.catalog import BackupFacts, Catalog
-from backup.config import Config
+from backup.config import Config, load_config, update_config
 from backup.errors import (
     BackupError,
     BackupNotFoundError,
@@ -70,8 +71,8 @@ from backup.payload import (
     scan_directory,
     walk_payload,
 )
-from backup.operators import check_operator
 from backup.notify import AlertQueue, TargetHealth
+from backup.operators import Access, Login, current_login, resolve_access
 from backup.progress import ProgressCallback, Tracker
 from backup.reporting import edges, oldest_unverified, reported, tick
 from backup.retention import Decision, plan
@@ -79,6 +80,7 @@ from backup.schedule import interval_estimate, local_now, local_timezone, next_r
 from backup.secret import DomainMasterSecret, SecretInfo, appliance_identity
 from backup.storage import PARTIAL_SUFFIX, Entry, Storage, open_storage
 from backup import verifyjob
+from backup.trust import check_trusted
 
 BACKUP_SUFFIX = ".abk"
 OWN_SUFFIX = r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.abk"
@@ -138,6 +140,8 @@ class VerifyResult:
     """Deep: bytes of files checked; otherwise bytes of the backup file authenticated."""
     manifest: dict
     deep: bool = False
+    recorded: bool = True
+    """Journalled (Backup Details' last verification, retention's newest verified backup); not for a look-only operator."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +209,17 @@ class StatusReport:
 
 class BackupService:
     def __init__(self, config: Config, *, clock: Callable[[], datetime] = local_now,
-                 kdf_params: ScryptParams | None = None, storage: Storage | None = None) -> None:
+                 kdf_params: ScryptParams | None = None, storage: Storage | None = None,
+                 operator: str | None = None, login: Login | None = None) -> None:
+        """
+        Args:
+            operator: `--operator`: who acts, if not the login itself (see backup.operators).
+            login: the OS login; read from the process when None (tests inject a sudo'ed one).
+
+        Raises:
+            UnsafePathError: another local user could replace the configuration file, the state
+                directory or the key file (backup.trust): every front end refuses to start.
+        """
         self.config = config
         self.clock = clock
         self.state_dir = config.state_dir
@@ -214,6 +228,11 @@ class BackupService:
         self.catalog = Catalog(self.state_dir)
         self._storage = storage
         self.alerts = AlertQueue(self.state_dir, config.notify, self.journal, clock)
+        self.operator = operator
+        self.login = login or current_login()
+        # Every front end makes a service: none starts on a state another local user could replace.
+        check_trusted(config.path, "The configuration file")
+        self.secret.check_trusted()
 
     # ------------------------------------------------------------ basics
 
@@ -249,7 +268,45 @@ class BackupService:
         return self.secret.info()
 
     def set_secret(self, passphrase: str) -> SecretInfo:
+        self.require("set the Domain Master Secret")
         return self.secret.set(passphrase, now=self.clock())
+
+    # ------------------------------------------------------------ who may do what
+
+    def access(self, operator: str | None = None) -> Access:
+        """Who acts (`operator`, else the service's, else the login) and whether they may change anything.
+
+        [operators] is read from the file as it is now, so a console left open sees a demotion at
+        once; the table loaded at start is used only when the file cannot be read.
+        """
+        raw = self.config.raw
+        try:
+            raw = tomllib.loads(self.config.path.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            pass
+        return resolve_access(raw, self.config.path, operator if operator is not None else self.operator, self.login)
+
+    def require(self, what: str, operator: str | None = None) -> Access:
+        """The one check before every change: raise OperatorRefusedError for a look-only operator."""
+        access = self.access(operator)
+        access.require(what)
+        return access
+
+    def update_settings(self, changes: dict[str, dict[str, Any]]) -> Config:
+        """Write `changes` into the configuration file (backup.config.update_config); returns the new
+        configuration, for the caller to reload() with.
+
+        The changes go into the file as it is now, not as this service loaded it: a console left
+        open would otherwise write back an [operators] table from before another's demotion.
+        """
+        what = {frozenset({"storage"}): "change the storage", frozenset({"schedule"}): "change the schedule",
+                frozenset({"operators"}): "change the operators"}.get(frozenset(changes), "change the settings")
+        self.require(what)
+        try:
+            current = load_config(self.config.path)
+        except ConfigError:  # unreadable or hand-damaged: the loaded one is the base, as before
+            current = self.config
+        return update_config(current, changes)
 
     def check_secret(self, passphrase: str) -> bool:
         return self.secret.check(passphrase)
@@ -435,13 +492,13 @@ class BackupService:
                    slot: datetime | None = None, catch_up: bool = False, operator: str | None = None) -> BackupResult:
         """Back up now. `slot` marks a scheduled run: it runs at most once, whoever sees it first.
 
-        The operator (`operator`, else the OS login name) is checked against [operators] for runs an
-        operator starts; scheduled runs are the appliance's own and are not tied to an operator.
+        The operator (`operator`, else the service's, else the login) must be one who may change the
+        appliance (see require()); scheduled runs are the appliance's own and are not tied to an operator.
         """
         if slot is None:
             # Refusals of an operator's request are answered at once, not journalled as runs;
             # a scheduled run journals them, so the status says why it did not happen.
-            check_operator(self.config.raw, self.config.path, operator)
+            self.require("create backups", operator)
             self.secret.kek()
         started = self.clock()
         with RunLock(self.state_dir, "backup", now=started):
@@ -456,7 +513,7 @@ class BackupService:
                     result = self._write_backup(name, kek, progress, cancel, started, inhibitor.status_line)
                 run.size = result.size
             try:  # still under the lock, so no restore can start reading what retention removes
-                pruned = [d.name for d in self.prune(new_backup=name) if not d.keep]
+                pruned = [d.name for d in self._prune(new_backup=name) if not d.keep]
             except BackupError:
                 pruned = []  # the backup stands; `prune --dry-run` shows what retention would do and why
         return replace(result, pruned=pruned)
@@ -646,12 +703,19 @@ class BackupService:
         manifest names this appliance; orders them by the creation time in that manifest. Never deletes
         `new_backup` (the backup the calling run has just written), the newest backup, the newest
         successfully verified one, one being written or read, one dated later than the clock, nor a file
-        that does not open as this appliance's backup.
+        that does not open as this appliance's backup. A look-only operator may ask what it would do
+        (`dry_run`), nothing more.
 
         Returns:
             The counted backups newest first, then those dated later than the clock, then the files
             not counted; the last two are always kept.
         """
+        if not dry_run:
+            self.require("prune backups")
+        return self._prune(dry_run=dry_run, new_backup=new_backup)
+
+    def _prune(self, *, dry_run: bool = False, new_backup: str | None = None) -> list[Decision]:
+        """prune() without the operator check: also retention after a backup, which the backup's check covered."""
         now = self.clock().astimezone()  # a clock without a zone is local time
         appliance = self.config.appliance.name
         files = self.backup_facts()
@@ -787,6 +851,7 @@ class BackupService:
 
     def delete_backup(self, name: str) -> None:
         """Delete one backup file (the operator asked, after a confirmation); journalled."""
+        self.require("delete backups")
         self._open(name).close()  # the same name checks as every other operation
         with self._journalled("delete", name=name):
             self.storage.delete(name)
@@ -803,8 +868,12 @@ class BackupService:
         reading it. `deep` also decompresses the payload and checks every file against the SHA-256 list
         the writer made, which re-proves the writer's own work (and takes several times as long).
         """
-        with self._journalled("verify", name=name, detail=VERIFY_DEEP if deep else VERIFY_AUTHENTICATED), \
-                edges(self, "verify", name), self._open(name) as source:
+        # A look-only operator may verify (it changes nothing) but is not journalled: a recorded
+        # verification keeps a backup from retention.
+        recorded = self.access().may_change
+        journal = (self._journalled("verify", name=name, detail=VERIFY_DEEP if deep else VERIFY_AUTHENTICATED)
+                   if recorded else nullcontext())
+        with journal, edges(self, "verify", name), self._open(name) as source:
             reader = self._reader(source, passphrase)
             tracker = Tracker("verify", progress, cancel, written=source.tell)
             if deep:
@@ -820,7 +889,7 @@ class BackupService:
                 size = reader.bytes_read
             tracker.set_stage("Done")
             tracker.written_source = None
-        return VerifyResult(name=name, files=files, bytes=size, manifest=manifest, deep=deep)
+        return VerifyResult(name=name, files=files, bytes=size, manifest=manifest, deep=deep, recorded=recorded)
 
     @reported
     def run_verify_job(self, *, slot: datetime | None = None, catch_up: bool = False,
@@ -834,7 +903,7 @@ class BackupService:
     def restore(self, name: str, *, passphrase: str | None = None, progress: ProgressCallback | None = None,
                 cancel: threading.Event | None = None, operator: str | None = None) -> RestoreResult:
         """Return the appliance to the backup's state; on any failure the previous state stays or comes back."""
-        check_operator(self.config.raw, self.config.path, operator)
+        self.require("restore backups", operator)
         started = self.clock()
         with RunLock(self.state_dir, "restore", now=started):
             self.recover_unlocked()

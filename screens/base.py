@@ -7,6 +7,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from backup.operators import Access
+
 
 class ConsoleScreen(Screen):
     """Base of the mode screens. Subclasses give SCREEN_TITLE and compose_body()."""
@@ -31,6 +33,20 @@ class FormScreen(ConsoleScreen):
 
     def action_leave_field(self) -> None:
         self.set_focus(None)
+
+    def access_note(self) -> Static:
+        """The line that tells a look-only operator, on arrival, why their changes will be refused."""
+        return Static("", id="access-note", classes="form-error", markup=False)
+
+    def watch_access(self) -> None:
+        """Call from on_mount: keep the access note up to date with the App's `access`."""
+        self.watch(self.app, "access", self._show_access)
+
+    def _show_access(self, access: Access | None) -> None:
+        note = self.query_one("#access-note", Static)
+        look_only = access is not None and not access.may_change
+        note.update(access.refusal("change anything here") if look_only else "")  # type: ignore[union-attr]
+        note.display = look_only
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "leave_field":

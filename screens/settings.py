@@ -37,6 +37,7 @@ class SettingsScreen(FormScreen):
     def compose_body(self) -> ComposeResult:
         blink = self.app.blink_cursor
         with VerticalScroll(id="settings-body", can_focus=False):
+            yield self.access_note()
             yield Static("Backup Protection", classes="section-title")
             yield SecretForm(blink_cursor=blink, id="secret-form")
             yield Static("Backup Filename", classes="section-title")
@@ -56,6 +57,7 @@ class SettingsScreen(FormScreen):
         for selector in ("#prefix-error", "#save-result"):
             show_sentence(self.query_one(selector, Static), "")
         self.watch(self.app, "secret", self._show_secret)
+        self.watch_access()
         self._load_schedule(self.app.config)
 
     def _load_schedule(self, config: Config) -> None:

@@ -84,6 +84,7 @@ class StorageScreen(FormScreen):
     def compose_body(self) -> ComposeResult:
         blink = self.app.blink_cursor
         with VerticalScroll(id="storage-body", can_focus=False):
+            yield self.access_note()
             yield Static("Storage", classes="section-title")
             with Horizontal(classes="form-row"):
                 yield Static("Storage Type", classes="form-label")
@@ -120,6 +121,7 @@ class StorageScreen(FormScreen):
         show_sentence(self.query_one("#storage-result", Static), "")
         self.load(self.app.config)
         self.watch(self.app, "report", self._show_report)
+        self.watch_access()
 
     # ------------------------------------------------------------ the form
 

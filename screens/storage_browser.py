@@ -25,7 +25,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
-from backup.cli import verified_sentence
+from backup.cli import NOT_RECORDED, verified_sentence
 from backup.config import Config
 from backup.errors import StorageError
 from backup.progress import Progress
@@ -366,7 +366,9 @@ class StorageBrowser(ModalScreen[Config | None]):
         """A service on the directory holding `path`, and the backup's name there."""
         directory, name = parent_of(path), PurePosixPath(path).name
         storage = Subdirectory(self.location.storage, directory, self.location.shown(directory))
-        return BackupService(self.app.config, clock=self.app.clock, storage=storage), name
+        console = self.app.service
+        return BackupService(self.app.config, clock=self.app.clock, storage=storage, operator=console.operator,
+                             login=console.login), name
 
     def select_backup(self, path: str) -> None:
         self._show_details(None)
@@ -463,7 +465,17 @@ class StorageBrowser(ModalScreen[Config | None]):
         self.app.run_worker(location.close, thread=True, group="storage-close", exit_on_error=False,
                             description="close the browsed storage")
 
+    def _refused(self, what: str) -> bool:
+        """Say why a look-only operator may not `what`, before any dialog (the core refuses it too)."""
+        access = getattr(self.app, "access", None)
+        if access is None or access.may_change:
+            return False
+        self._say(access.refusal(what))
+        return True
+
     def action_use_location(self) -> None:
+        if self._refused("change the storage"):
+            return
         path = self.storage_tree.path
         self._say(f"Saving {self.location.shown(path)} as the storage location...")
         self.app.save_settings(self.location.changes(path), self)
@@ -495,7 +507,7 @@ class StorageBrowser(ModalScreen[Config | None]):
         self.action_verify("verify_deep")
 
     def action_restore(self) -> None:
-        if self.details is None or self.selected is None:
+        if self.details is None or self.selected is None or self._refused("restore backups"):
             return
         path = self.selected
 
@@ -537,7 +549,7 @@ class StorageBrowser(ModalScreen[Config | None]):
                              answered)
 
     def action_delete(self) -> None:
-        if self.selected is None:
+        if self.selected is None or self._refused("delete backups"):
             return
         path = self.selected
 
@@ -572,6 +584,8 @@ class StorageBrowser(ModalScreen[Config | None]):
                 result = service.verify(name, deep=task == "verify_deep", passphrase=secret, progress=report,
                                         cancel=cancel)
                 sentence = f"The backup {name} is intact: {verified_sentence(result)}."
+                if not result.recorded:
+                    sentence += f" This verification was {NOT_RECORDED}"
             elif task == "restore":
                 restored = service.restore(name, passphrase=secret, progress=report, cancel=cancel)
                 sentence = (f"The appliance was restored from {name} ({restored.files} files). "

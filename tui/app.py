@@ -29,10 +29,11 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.theme import BUILTIN_THEMES
 
 from backup.archive import ScryptParams
-from backup.config import Config, update_config
+from backup.config import Config
 from backup import verifyjob
 from backup.daemon import due_now, first_baseline
 from backup.errors import DmsNotSetError, LockHeldError, OperatorRefusedError, SlotAlreadyDoneError
+from backup.operators import Access
 from backup.progress import Progress
 from backup.schedule import local_timezone, utc
 from backup.secret import SecretInfo
@@ -48,6 +49,7 @@ from tui.messages import (
     BackupProgressed,
     BackupStarted,
     BackupTaskEnded,
+    OperatorAccessRead,
     SecretChecked,
     SecretSet,
     SecretSetFailed,
@@ -117,6 +119,9 @@ class BackupConsole(App[int]):
     """Whether this console runs a backup right now."""
     notice: var[str] = var("")
     """The last sentence about a refused or failed "back up now", shown on the Status screen."""
+    access: var[Access | None] = var(None)
+    """Who the operator is and whether they may change anything (None until first read); the core checks
+    every change again, this only lets the screens say so before the operator tries."""
 
     def __init__(
         self,
@@ -129,6 +134,7 @@ class BackupConsole(App[int]):
         refresh_interval: float | None = 2.0,
         blink_cursor: bool = True,
         run_schedule: bool = True,
+        operator: str | None = None,
     ) -> None:
         """
         Args:
@@ -140,11 +146,13 @@ class BackupConsole(App[int]):
             refresh_interval: Seconds between status refreshes; None turns the timer off (tests).
             blink_cursor: False keeps snapshots stable.
             run_schedule: Also run scheduled backups that fall due while the console is open.
+            operator: `--operator`, when the service is made here (see backup.operators: the
+                operator is the login unless a login with at least their rights names them).
         """
         self.serial = profile.is_serial_terminal() if serial is None else serial
         super().__init__()
         self.config = config
-        self.service = service or BackupService(config, clock=clock or local_now)
+        self.service = service or BackupService(config, clock=clock or local_now, operator=operator)
         self.clock: Callable[[], datetime] = clock or self.service.clock
         self.schedule_tz: tzinfo | None = None if clock is not None else local_timezone()
         """Zone of schedule times (with DST rules); None follows the injected clock's zone (tests)."""
@@ -202,9 +210,11 @@ class BackupConsole(App[int]):
     def _read_status(self) -> None:
         try:
             report = self.service.status()
+            access = self.service.access()
         except Exception as exc:
             self.post_message(StatusUnavailable(describe(exc)))
             return
+        self.post_message(OperatorAccessRead(access))
         self.post_message(StatusRefreshed(report))
         try:
             self.service.alert_tick()  # standing conditions and due alert retries, on their own thread
@@ -219,6 +229,9 @@ class BackupConsole(App[int]):
     def on_status_refreshed(self, message: StatusRefreshed) -> None:
         self.report = message.report
         self.secret = message.report.secret
+
+    def on_operator_access_read(self, message: OperatorAccessRead) -> None:
+        self.access = message.access
 
     def on_status_unavailable(self, message: StatusUnavailable) -> None:
         self.notify(message.sentence, title="Status unavailable", severity="error", markup=False)
@@ -492,7 +505,7 @@ class BackupConsole(App[int]):
     def save_settings(self, changes: dict[str, dict[str, Any]], reply_to: MessagePump) -> None:
         """Validate and write `changes` atomically; the answer goes to `reply_to`."""
         try:
-            config = update_config(self.config, changes)
+            config = self.service.update_settings(changes)  # the core refuses a look-only operator
         except Exception as exc:
             reply_to.post_message(SettingsSaveFailed(describe(exc)))
             return
@@ -509,10 +522,16 @@ class BackupConsole(App[int]):
         self.refresh_status()
 
 
-def run_console(config: Config, *, theme: str | None = None, kdf_params: ScryptParams | None = None) -> int:
-    """Open the console on `config`; returns the exit code."""
+def run_console(config: Config, *, theme: str | None = None, kdf_params: ScryptParams | None = None,
+                operator: str | None = None) -> int:
+    """Open the console on `config` for `operator` (None: the login); returns the exit code.
+
+    Refuses before the screen opens, as every command does, when the state cannot be trusted
+    (UnsafePathError) or `operator` has more rights than the login (OperatorRefusedError).
+    """
     profile.ensure_terminal_size()
-    service = BackupService(config, kdf_params=kdf_params) if kdf_params else None
+    service = BackupService(config, kdf_params=kdf_params, operator=operator)
+    service.access()
     app = BackupConsole(config, service=service, theme=theme)
     result = app.run()
     if app.return_code not in (None, 0):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from backup.config import Config
+from backup.operators import Access
 from backup.progress import Progress
 from backup.secret import SecretInfo
 from backup.service import BackupResult, StatusReport
@@ -209,3 +210,10 @@ class BackupTaskEnded(Message):
     path: str
     ok: bool
     sentence: str
+
+
+@dataclass
+class OperatorAccessRead(Message):
+    """Who the operator is and whether they may change anything, read again with each status."""
+
+    access: Access
