@@ -42,6 +42,7 @@ demo: venv
 bench: venv sysdeps
 	$(PY) bench/backup_vs_peers.py
 	$(PY) bench/console.py
+	$(PY) bench/wire.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis $(DEMO_DIR) bench/out
