@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-appliance
 # Debian packages the tests and benchmarks drive for real.
-APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs
-APT_COMMANDS := tmux zstd age ganesha.nfsd
+APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs openssh-server openssh-client
+APT_COMMANDS := tmux zstd age ganesha.nfsd ssh /usr/sbin/sshd
 PYTEST_ARGS ?=
 
 .PHONY: all venv sysdeps test demo bench clean
