@@ -25,6 +25,12 @@ def progress_from(data: dict | None) -> Progress | None:
         return None
 
 
+def _update(widget: Static, text: str) -> None:
+    """Show `text`; an unchanged text is not drawn again (the status is read every few seconds)."""
+    if widget.content != text:
+        widget.update(text)
+
+
 class StatusScreen(ConsoleScreen):
     """Mode "status" (key 1)."""
 
@@ -59,7 +65,7 @@ class StatusScreen(ConsoleScreen):
         sizes = [r.size for r in reversed(report.recent) if r.result == "ok" and r.size is not None]
         self.query_one(SizeTrend).sizes = tuple(sizes[-30:])
         stale = report.stale or ""
-        self.query_one("#stale", Static).update(stale)
+        _update(self.query_one("#stale", Static), stale)
         self.query_one("#stale").display = bool(stale)
         self._show_notice(self.app.notice)
         if not self.app.backup_running:
@@ -83,5 +89,5 @@ class StatusScreen(ConsoleScreen):
         report = self.app.report
         journaled = report is not None and report.last_failure is not None and report.last_failure.error == notice
         widget = self.query_one("#notice", Static)
-        widget.update(notice)
+        _update(widget, notice)
         widget.display = bool(notice) and not journaled

@@ -48,7 +48,8 @@ class StatusTable(Grid):
 
     def _set(self, key: str, text: str) -> Static:
         cell = self.query_one(f"#value-{key}", Static)
-        cell.update(text)
+        if cell.content != text:  # an unchanged value is not drawn again (a serial line pays for every byte)
+            cell.update(text)
         return cell
 
     def show(self, report: StatusReport, now: datetime, *, running_here: bool = False) -> None:
