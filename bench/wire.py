@@ -28,6 +28,7 @@ set) in a temporary directory, so the figures do not depend on earlier runs.
 from __future__ import annotations
 
 import argparse
+import codecs
 import fcntl
 import json
 import os
@@ -45,6 +46,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tui.terminal import ScreenDiff  # noqa: E402 - a model of the terminal's screen, to see what is shown
+
 BIN = Path(sys.executable).parent / "appliance-backup"
 PASSPHRASE = "bench passphrase, not secret"
 QUIET = 0.6
@@ -54,6 +59,7 @@ BAUDS = {9600: 960, 115200: 11520}
 
 SGR = re.compile(rb"\x1b\[[0-9;:]*m")
 CURSOR = re.compile(rb"\x1b\[[0-9;]*[HfABCDGd]")
+COMPLETE_ESCAPE = re.compile(r"\x1b(?:\[[0-9;:?<=>]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[^\[\]])")
 ESCAPE = re.compile(rb"\x1b(?:\[[0-9;?<=>$:]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78c])")
 
 
@@ -85,6 +91,10 @@ class Console:
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", self.lines, self.columns, 0, 0))
             os.execve(argv[0], argv, env)
         self._lock = threading.Lock()
+        self._screen = ScreenDiff(self.columns, self.lines)
+        self._played = 0
+        self._pending = ""
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -99,6 +109,21 @@ class Console:
             with self._lock:
                 self.chunks.append((time.monotonic(), data))
 
+    def screen_text(self) -> str:
+        """What the terminal shows now, line by line (the console's output played onto a model screen)."""
+        with self._lock:
+            fresh, self._played = self.chunks[self._played:], len(self.chunks)
+        text = self._pending + "".join(self._decode(data) for _, data in fresh)
+        # A read can end inside an escape sequence: keep its start for the next time.
+        cut = text.rfind("\x1b")
+        if cut == -1 or COMPLETE_ESCAPE.match(text, cut):
+            cut = len(text)
+        self._screen.write(text[:cut])
+        self._pending = text[cut:]
+        cells = self._screen.cells
+        return "\n".join("".join(cells.get((row, col), (" ",))[0] for col in range(self.columns))
+                         for row in range(self.lines))
+
     def output_since(self, start: float, end: float | None = None) -> bytes:
         with self._lock:
             return b"".join(d for t, d in self.chunks if t >= start and (end is None or t < end))
@@ -107,15 +132,16 @@ class Console:
         with self._lock:
             return self.chunks[-1][0] if self.chunks else 0.0
 
-    def settle(self, since: float, quiet: float = QUIET, until: bytes | None = None, timeout: float = 60,
+    def settle(self, since: float, quiet: float = QUIET, until: str | None = None, timeout: float = 60,
                at_least: float = 0.0) -> float:
-        """Wait until `until` was written after `since` (if given) and then nothing for `quiet` seconds."""
+        """Wait until the screen shows `until` (if given) and then nothing is written for `quiet` seconds."""
         deadline = since + timeout
+        seen = False
         while True:
             now = time.monotonic()
             if now > deadline:
-                raise SystemExit(f"the console did not settle within {timeout:.0f} s")
-            seen = until is None or until in self.output_since(since)
+                raise SystemExit(f"the console did not settle within {timeout:.0f} s; the screen:\n{self.screen_text()}")
+            seen = seen or until is None or until in self.screen_text()
             if seen and now - since >= at_least and now - max(self.last_output(), since) >= quiet:
                 return max(self.last_output(), since)
             time.sleep(0.02)
@@ -143,7 +169,7 @@ class Console:
 
 def title(screen: str) -> dict:
     """Settle on the screen's title line (written whole when the screen is drawn), then quiet."""
-    return {"until": f"appliance-backup | {screen}".encode()}
+    return {"until": f" appliance-backup | {screen} "}
 
 
 ACTIONS: list[tuple[str, str, bytes, dict]] = [
@@ -158,7 +184,7 @@ ACTIONS: list[tuple[str, str, bytes, dict]] = [
     ("3", "Storage again", b"3", title("Storage")),
     ("1", "Status again", b"1", title("Status")),
     # The notification stays 5 s (Textual's default), then the screen under it is drawn again.
-    ("b", "back up now, until its notification has gone", b"b", {"until": b"Backup created", "at_least": 7.0,
+    ("b", "back up now, until its notification has gone", b"b", {"until": "Backup created", "at_least": 7.0,
                                                                   "timeout": 120}),
 ]
 
@@ -189,7 +215,7 @@ def measure(config: Path, idle: float, columns: int, lines: int, term: str, dump
     console.start()
     try:
         # The first paint: until the Status table has its values, then quiet.
-        end = console.settle(started, until=b"Current Backup Status", timeout=30, at_least=1.0)
+        end = console.settle(started, until="Current Backup Status", timeout=30, at_least=1.0)
         record("start", "first paint (Status)", started, end)
         for key, what, keys, options in ACTIONS:
             time.sleep(0.2)

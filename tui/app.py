@@ -104,6 +104,8 @@ class BackupConsole(App[int]):
         Binding("q", "quit", "Quit", id="quit"),
         # ctrl+q is XON on a serial line; it stays as a second key but must ask like q.
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+        # The console writes only what changes (tui.terminal.ScreenDiff); line noise stays until redrawn.
+        Binding("ctrl+l", "redraw", "Redraw the screen", show=False),
     ]
 
     report: var[StatusReport | None] = var(None, always_update=True)
@@ -219,6 +221,13 @@ class BackupConsole(App[int]):
     def action_show_mode(self, mode: str) -> None:
         self.switch_mode(mode)
 
+    def action_redraw(self) -> None:
+        """Write the whole screen again (ctrl+l): a serial line's noise can garble what the terminal shows."""
+        redraw = getattr(self._driver, "redraw", None)  # tui.terminal.ConsoleDriver
+        if redraw is not None:
+            redraw()
+        self.screen.refresh(repaint=True)
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -235,6 +244,8 @@ class BackupConsole(App[int]):
         yield SystemCommand("Storage", "Where backups are kept (key 3)", lambda: self.action_show_mode("storage"))
         yield SystemCommand("Back up now", "Create a backup of this appliance now (key b)", self.action_back_up_now)
         yield SystemCommand("Help", "Keys and what each screen does (key ?)", self.action_help)
+        yield SystemCommand("Redraw the screen", "Write the whole screen again, when line noise garbled it (ctrl+l)",
+                            self.action_redraw)
         for command in super().get_system_commands(screen):
             if command.title != "Quit":
                 yield command
