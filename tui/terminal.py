@@ -69,7 +69,8 @@ _TOKEN = re.compile(
     r"|(?P<osc>\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?)"
     r"|(?P<esc>\x1b.?)"
     r"|(?P<cr>\r)|(?P<lf>\n)"
-    r"|(?P<text>[^\x1b\r\n]+)"
+    r"|(?P<text>[^\x00-\x1f\x7f]+)"
+    r"|(?P<control>[\x00-\x1f\x7f])"
 )
 _RESET_ATTRS = {"22": ("1", "2"), "23": ("3",), "24": ("4",), "25": ("5", "6"), "27": ("7",), "28": ("8",),
                 "29": ("9",), "55": ("53",)}
@@ -188,10 +189,10 @@ class ScreenDiff:
             elif final and final in "HfABCDGd" and "?" not in params:
                 self._move(final, params)
                 drawn = True
-            else:  # modes, queries, OSC, erasing: in order, after the cells drawn before them
+            else:  # modes, queries, OSC, erasing, the bell: in order, after the cells drawn before them
                 out.append(self._flush())
-                if kind == "esc" or (final in "JKLMPX@STr" and "?" not in params) or \
-                        (final in "hl" and any(mode in params.split(";") for mode in ("?1049", "?47", "?1047"))):
+                if kind == "esc" or (final and final in "JKLMPX@STr" and "?" not in params) or \
+                        (final in ("h", "l") and any(mode in params.split(";") for mode in ("?1049", "?47", "?1047"))):
                     # A reset, erasing, scrolling, inserting, the alternate screen: the screen is not what
                     # the model says any more.
                     self.cells.clear()
