@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-appliance
 # Debian packages the tests and benchmarks drive for real.
-APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs mariadb-server mariadb-client mariadb-backup galera-4 rsync prometheus
-APT_COMMANDS := tmux zstd age ganesha.nfsd mariadbd mariadb mariadb-install-db mariadb-backup mbstream rsync promtool
+APT_PACKAGES := tmux zstd age nfs-ganesha nfs-ganesha-vfs mariadb-server mariadb-client mariadb-backup galera-4 rsync prometheus openssh-server openssh-client
+APT_COMMANDS := tmux zstd age ganesha.nfsd mariadbd mariadb mariadb-install-db mariadb-backup mbstream rsync promtool ssh /usr/sbin/sshd
 APT_FILES := /usr/lib/galera/libgalera_smm.so
 PYTEST_ARGS ?=
 
@@ -44,6 +44,7 @@ demo: venv
 bench: venv sysdeps
 	$(PY) bench/backup_vs_peers.py
 	$(PY) bench/console.py
+	$(PY) bench/wire.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis $(DEMO_DIR) bench/out

@@ -40,7 +40,7 @@ exit codes:
   0 success            1 failed (I/O or other)       2 usage or configuration error
   3 DMS not set        4 wrong DMS                   5 integrity failure (tampered, truncated, not a backup)
   6 lock held          7 storage unreachable/full    8 DMS already set
-  9 operator refused   10 backup not found           130 interrupted (SIGINT/SIGTERM)
+  9 operator refused   10 backup not found           130 interrupted (SIGINT/SIGTERM/SIGHUP)
 
 operators: with an [operators] table, only "oauth" operators may change anything (back up, restore,
 delete, prune, settings, schedule, storage, secret); "otp" and unlisted ones may only look.
@@ -209,13 +209,20 @@ def _deliver_before_exit(service: BackupService) -> None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM and SIGINT ask the running operation to stop cleanly instead of killing it mid-write."""
+    """SIGTERM, SIGINT and SIGHUP ask the running operation to stop cleanly instead of killing it mid-write.
+
+    SIGHUP is the terminal hanging up (an SSH session dropped); a command started with SIGHUP ignored
+    (nohup) keeps ignoring it, as its caller asked.
+    """
     cancel = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         cancel.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    watched = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        watched.append(signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in watched}
     try:
         yield cancel
     finally:

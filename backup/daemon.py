@@ -13,7 +13,7 @@ Every event is one log line with a syslog priority prefix (`<6>` info,
 
     <6>appliance-backup: backup started (slot 2026-11-26T02:00+01:00)
 
-Stopping: the caller sets `stop` on SIGTERM or SIGINT. A running backup
+Stopping: the caller sets `stop` on SIGTERM, SIGINT or SIGHUP. A running backup
 sees the same event as its cancel event, stops, removes its partial file and
 is journalled as interrupted; then the daemon returns.
 """
@@ -96,7 +96,7 @@ def run_daemon(
     Args:
         load_service: builds the service from the configuration file; called at start and again
             whenever the file changes. Raises ConfigError for a bad file.
-        stop: set by the caller's SIGTERM/SIGINT handler; also the running backup's cancel event.
+        stop: set by the caller's SIGTERM/SIGINT/SIGHUP handler; also the running backup's cancel event.
         clock: now, timezone-aware in the appliance's zone with its DST rules
             (backup.schedule.local_now).
         sleep: waits the given seconds; default `stop.wait`, so a stop request wakes it at once.

@@ -31,7 +31,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 10
     """The named backup does not exist in the storage."""
     INTERRUPTED = 130
-    """Stopped by SIGINT or SIGTERM; nothing partial was left behind."""
+    """Stopped by SIGINT, SIGTERM or SIGHUP; nothing partial was left behind."""
 
 
 class BackupError(Exception):

@@ -27,6 +27,12 @@ def progress_from(data: dict | None) -> Progress | None:
         return None
 
 
+def _update(widget: Static, text: str) -> None:
+    """Show `text`; an unchanged text is not drawn again (the status is read every few seconds)."""
+    if widget.content != text:
+        widget.update(text)
+
+
 class StatusScreen(ConsoleScreen):
     """Mode "status" (key 1)."""
 
@@ -66,10 +72,10 @@ class StatusScreen(ConsoleScreen):
         self.query_one(SizeTrend).sizes = tuple(sizes[-30:])
         # The staleness, then the warnings (loosened permissions, a damaged journal, backups dated in the future).
         stale = "\n".join(line for line in (report.stale, *report.warnings) if line)
-        self.query_one("#stale", Static).update(stale)
+        _update(self.query_one("#stale", Static), stale)
         self.query_one("#stale").display = bool(stale)
         alerts = "\n".join(f"Alerts: {health.line}" for health in report.alerts)  # only when [notify] has targets
-        self.query_one("#alerts", Static).update(alerts)
+        _update(self.query_one("#alerts", Static), alerts)
         self.query_one("#alerts").display = bool(alerts)
         self.query_one("#alerts").set_class(any(not h.ok for h in report.alerts), "failing")
         job = ""
@@ -78,7 +84,7 @@ class StatusScreen(ConsoleScreen):
             if report.oldest_unverified is not None:
                 name, created = report.oldest_unverified
                 job += f"\nOldest unverified backup: {name} ({ago(created, now)})"
-        self.query_one("#verify-job", Static).update(job)
+        _update(self.query_one("#verify-job", Static), job)
         self.query_one("#verify-job").display = bool(job)
         failed = report.last_verify_job is not None and report.last_verify_job.result != "ok"
         self.query_one("#verify-job").set_class(failed, "failing")
@@ -104,5 +110,5 @@ class StatusScreen(ConsoleScreen):
         report = self.app.report
         journaled = report is not None and report.last_failure is not None and report.last_failure.error == notice
         widget = self.query_one("#notice", Static)
-        widget.update(notice)
+        _update(widget, notice)
         widget.display = bool(notice) and not journaled

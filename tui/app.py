@@ -22,6 +22,7 @@ from typing import Any
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.driver import Driver
 from textual.message_pump import MessagePump
 from textual.reactive import var
 from textual.screen import ModalScreen, Screen
@@ -107,6 +108,8 @@ class BackupConsole(App[int]):
         Binding("q", "quit", "Quit", id="quit"),
         # ctrl+q is XON on a serial line; it stays as a second key but must ask like q.
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+        # The console writes only what changes (tui.terminal.ScreenDiff); line noise stays until redrawn.
+        Binding("ctrl+l", "redraw", "Redraw the screen", show=False),
     ]
 
     report: var[StatusReport | None] = var(None, always_update=True)
@@ -241,6 +244,13 @@ class BackupConsole(App[int]):
     def action_show_mode(self, mode: str) -> None:
         self.switch_mode(mode)
 
+    def action_redraw(self) -> None:
+        """Write the whole screen again (ctrl+l): a serial line's noise can garble what the terminal shows."""
+        redraw = getattr(self._driver, "redraw", None)  # tui.terminal.ConsoleDriver
+        if redraw is not None:
+            redraw()
+        self.screen.refresh(repaint=True)
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -259,6 +269,8 @@ class BackupConsole(App[int]):
         yield SystemCommand("Send a test alert", "Send a test to every [notify] target and show what each answered",
                             self.action_notify_test)
         yield SystemCommand("Help", "Keys and what each screen does (key ?)", self.action_help)
+        yield SystemCommand("Redraw the screen", "Write the whole screen again, when line noise garbled it (ctrl+l)",
+                            self.action_redraw)
         for command in super().get_system_commands(screen):
             if command.title != "Quit":
                 yield command
@@ -444,18 +456,45 @@ class BackupConsole(App[int]):
                         markup=False)
 
     def _watch_sigterm(self) -> None:
-        """SIGTERM (shutdown, `systemctl stop`) stops a running backup cleanly, then the console exits."""
+        """SIGTERM (shutdown, `systemctl stop`) stops a running backup cleanly, then the console exits.
+
+        SIGHUP (the SSH connection dropped, the serial line hung up) does the same, unless the console
+        was started with SIGHUP ignored (nohup): its caller asked it to outlive the terminal.
+        """
+        self._watched_signals = [signal.SIGTERM]
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            self._watched_signals.append(signal.SIGHUP)
+        handlers = {signal.SIGTERM: self.stop_and_exit, signal.SIGHUP: self._hung_up}
         try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stop_and_exit)
+            for signum in self._watched_signals:
+                asyncio.get_running_loop().add_signal_handler(signum, handlers[signum])
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
-            pass
+            self._watched_signals = []
+
+    def _hung_up(self) -> None:
+        """The terminal hung up: draw and read nothing more, stop the run cleanly (journalled), exit."""
+        hang_up = getattr(self._driver, "hang_up", None)  # tui.terminal.ConsoleDriver; not under Pilot
+        if hang_up is not None:
+            hang_up()
+        self.stop_and_exit()
+
+    def get_driver_class(self) -> type[Driver]:
+        driver = super().get_driver_class()
+        from textual.drivers.linux_driver import LinuxDriver
+
+        if driver is LinuxDriver:
+            from tui.terminal import ConsoleDriver
+
+            return ConsoleDriver
+        return driver
 
     def on_unmount(self) -> None:
         ScrollBar.renderer = ScrollBarRender  # a class-wide setting: put Textual's back
-        try:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
+        for signum in getattr(self, "_watched_signals", ()):
+            try:
+                asyncio.get_running_loop().remove_signal_handler(signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
 
     def stop_and_exit(self) -> None:
         """Stop the running backup, restore or verify (nothing partial is kept) and exit once it has cleaned up."""

@@ -28,16 +28,18 @@ class RecentRuns(DataTable):
         self.zebra_stripes = False
         self.add_columns("Started", "Duration", "Size", "Result")
 
+    _shown: tuple = ()
+
     def show(self, runs: list[RunRecord], now: datetime) -> None:
+        rows = tuple((run.id, (timestamp(run.started_at, now), duration(run.duration),
+                               human_bytes(run.size) if run.size is not None else "-",
+                               RESULT_WORDS.get(run.result or "", run.result or "running"))) for run in runs)
+        if rows == self._shown:  # unchanged: nothing is drawn again (a serial line pays for every byte)
+            return
+        self._shown = rows
         self.clear()
-        for run in runs:
-            self.add_row(
-                timestamp(run.started_at, now),
-                duration(run.duration),
-                human_bytes(run.size) if run.size is not None else "-",
-                RESULT_WORDS.get(run.result or "", run.result or "running"),
-                key=run.id,
-            )
+        for key, cells in rows:
+            self.add_row(*cells, key=key)
 
 
 def trend(sizes: list[int], glyphs: Glyphs = ASCII) -> str:

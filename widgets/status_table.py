@@ -48,7 +48,9 @@ class StatusTable(Grid):
 
     def _set(self, key: str, text: str) -> Static:
         cell = self.query_one(f"#value-{key}", Static)
-        cell.update(printable(text))  # errors and the storage's description hold names from the storage
+        shown = printable(text)  # errors and the storage's description hold names from the storage
+        if cell.content != shown:  # an unchanged value is not drawn again (a serial line pays for every byte)
+            cell.update(shown)
         return cell
 
     def show(self, report: StatusReport, now: datetime, *, running_here: bool = False) -> None:
