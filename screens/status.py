@@ -34,6 +34,7 @@ class StatusScreen(ConsoleScreen):
         glyphs = self.app.glyphs
         yield Static("Backup Status Information", classes="section-title")
         yield StatusTable(id="status-table")
+        yield Static("", id="interrupted-restore", markup=False)
         yield Static("", id="stale", markup=False)
         yield RunProgress(glyphs, id="run-progress")
         yield Static("", id="notice", markup=False)
@@ -45,6 +46,7 @@ class StatusScreen(ConsoleScreen):
         self.query_one(RunProgress).display = False
         self.query_one("#notice").display = False
         self.query_one("#stale").display = False
+        self.query_one("#interrupted-restore").display = False
         self.watch(self.app, "report", self._show_report)
         self.watch(self.app, "progress", self._show_progress)
         self.watch(self.app, "backup_running", self._show_running)
@@ -58,6 +60,9 @@ class StatusScreen(ConsoleScreen):
         self.query_one(RecentRuns).show(report.recent, now)
         sizes = [r.size for r in reversed(report.recent) if r.result == "ok" and r.size is not None]
         self.query_one(SizeTrend).sizes = tuple(sizes[-30:])
+        unfinished = report.interrupted_restore or ""
+        self.query_one("#interrupted-restore", Static).update(unfinished)
+        self.query_one("#interrupted-restore").display = bool(unfinished)
         stale = report.stale or ""
         self.query_one("#stale", Static).update(stale)
         self.query_one("#stale").display = bool(stale)
