@@ -32,7 +32,7 @@ from backup.errors import BackupError
 from backup.journal import RunJournal
 from backup.service import KEEP_ROLLBACKS, BackupService
 from tests.conftest import FAST_KDF, PASSPHRASE, ROOT, run_cli
-from tests.helpers import appliance_state, mutate_appliance
+from tests.helpers import appliance_state, mutate_appliance, tree_digest
 
 KILL_AT = ROOT / "tests" / "kill_at.py"
 ITERATIONS = 40
@@ -43,8 +43,8 @@ def run_killed(config: Config, kill: str, *args: str) -> tuple[int, list[str]]:
     """Run the command, killed as `kill` says (see tests/kill_at.py): its exit status and its steps.
 
     The steps are those of a run that was not killed (empty when it was)."""
-    root = config.path.parent.parent  # the appliance, and its state directory wherever a test put it
-    steps_file = root / "steps.txt"
+    root = Path(os.path.commonpath([config.path.parent, config.state_dir]))  # the appliance and its state
+    steps_file = root.parent / f"{root.name}-steps.txt"
     steps_file.unlink(missing_ok=True)
     proc = subprocess.run([sys.executable, str(KILL_AT), str(root), str(steps_file), kill, "--",
                            "--config", str(config.path), *args],
@@ -327,3 +327,43 @@ async def test_status_warns_until_an_interrupted_restore_is_undone(tmp_path: Pat
 
         assert assert_settled(config, old, None) == "old"
         assert "previous state was put back" in RunJournal(config.state_dir).runs()[-1].error
+
+
+def test_a_restore_killed_before_its_commit_where_there_was_no_database_leaves_none(backed_up) -> None:
+    """Undoing removes what the swap put where nothing was (before, the restored database stayed)."""
+    service, name, old, _ = backed_up
+    config = service.config
+    config.appliance.database.unlink()
+    before = tree_digest(config.appliance.firmware), tree_digest(config.appliance.system)
+    code, _ = run_killed(config, "os.rename:/PHASE:3", "restore", name, "--yes")  # staging, swapping, committed
+    assert code == -9
+    assert config.appliance.database.exists()  # renamed in, not yet committed
+    r = run_cli("status", "--json", config=config)
+    assert r.returncode == 0 and json.loads(r.stdout).get("interrupted_restore") is None, r.stdout
+    assert not config.appliance.database.exists()
+    assert (tree_digest(config.appliance.firmware), tree_digest(config.appliance.system)) == before
+    assert not leftovers(config), leftovers(config)
+    assert not open_runs(config)
+
+
+def test_keeping_the_old_state_on_another_file_system_survives_a_kill_mid_copy(tmp_path: Path) -> None:
+    """The state directory is on another file system than the appliance: the replaced firmware is copied
+    into the rollback copy, not renamed. Killed mid-copy, the next start completes the copy, whole."""
+    with tmpfs(tmp_path / "disk", "64m") as disk:
+        service = appliance_on(disk, tmp_path)
+        config = service.config
+        name = service.run_backup().name
+        new = appliance_state(config)
+        mutate_appliance(config)
+        old = appliance_state(config)
+        code, _ = run_killed(config, "os.rename:.firmware.pre-restore-:2", "restore", name, "--yes")
+        assert code == -9
+        code, _ = run_killed(config, "open:firmware.partial+5", "status", "--json")
+        assert code == -9
+        assert list((config.state_dir / "rollback").glob("*/firmware.partial"))  # a copy cut short
+        assert assert_settled(config, old, new) == "new"
+        rollback = next((config.state_dir / "rollback").iterdir())
+        assert sorted(p.name for p in rollback.iterdir()) == [
+            "DATABASE_WAL", "PHASE", "TARGETS", "firmware", "internal.db", "system"]
+        assert tree_digest(rollback / "firmware") == old[0]
+        assert tree_digest(rollback / "system") == old[1]
