@@ -375,6 +375,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         "schedule": "enabled" if report.next_scheduled else "Schedule Disabled",
         "stale": report.stale,
         "warnings": report.warnings,
+        "interrupted_restore": report.interrupted_restore,
         "dms_set": report.secret.is_set,
         "dms_set_at": report.secret.set_at.isoformat() if report.secret.set_at else None,
         "storage": report.storage,
@@ -412,7 +413,8 @@ def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
     print("Next Scheduled Backup:          " + (f"{report.next_scheduled:%Y-%m-%d %H:%M %Z}" if report.next_scheduled else "Schedule Disabled"))
     if report.last_failure:
         print(f"Last backup could not be made:  {printable(report.last_failure.error or '')}")
-    for warning in ([report.stale] if report.stale else []) + report.warnings:
+    for warning in ([report.interrupted_restore] if report.interrupted_restore else []) + \
+            ([report.stale] if report.stale else []) + report.warnings:
         print(f"Warning:                        {printable(warning)}")
     if report.progress and report.progress.get("inhibitor"):
         print(f"Shutdown:                       {printable(str(report.progress['inhibitor']))}")

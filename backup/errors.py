@@ -107,6 +107,10 @@ class InterruptedRunError(BackupError):
     exit_code = ExitCode.INTERRUPTED
 
 
+class UnfinishedRestoreError(BackupError):
+    """An interrupted restore is not yet finished or undone: the appliance may be a mix of two states."""
+
+
 class SlotAlreadyDoneError(BackupError):
     """A scheduled slot was already run (by the daemon or an open console): it is not run twice."""
 

@@ -50,10 +50,11 @@ from backup.errors import (
     SlotAlreadyDoneError,
     StateDirError,
     StorageFullError,
+    UnfinishedRestoreError,
     WrongDmsError,
 )
 from backup.extract import Extractor
-from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir, remove_tree
+from backup.fsutil import atomic_write_text, ensure_private_dir, fsync_dir, remove_tree, sync_filesystem
 from backup.humanize import human_bytes
 from backup.inhibit import shutdown_inhibitor
 from backup.hooks import HookRunner
@@ -97,6 +98,30 @@ KEEP_ROLLBACKS = 2
 """Rollback copies kept after restores (older ones are removed)."""
 WAL_NOTE = "DATABASE_WAL"
 """In a rollback directory: the live database was in WAL mode when the swap began (see _undo_swap)."""
+TARGETS_NOTE = "TARGETS"
+"""In a rollback directory: the paths the restore replaces, as it resolved them (see _recorded_paths)."""
+ABSENT_NOTE = "ABSENT"
+"""In a rollback directory: the components that did not exist when the swap began (see _undo_swap)."""
+RECOVERY_ERROR = "RECOVERY_ERROR"
+"""In a rollback directory: why the last attempt to settle it failed (shown by status)."""
+COMPONENTS = ("firmware", "system", "database")
+RUN_ID = r"\d{8}T\d{6}\.\d{6}-[0-9a-f]{6}"
+"""A journal run id (RunJournal.start); a restore's stages, pre-restore copies and rollback directory carry it."""
+LEFTOVER = re.compile(r"\.(?P<target>.+)\.(?P<kind>restore|pre-restore)-(?P<run>" + RUN_ID + r")"
+                      r"(?P<partial>\.partial)?(?:-journal|-wal|-shm)?")
+"""The name of a restore's staged or pre-restore copy beside its target (see _restore_paths)."""
+ENDED_PHASES = ("abandoned", "undone")
+"""Phases of a rollback directory whose restore left the appliance as it was (see _settle_restore)."""
+LOCKED_KINDS = ("backup", "restore")
+"""Runs made only under the run lock."""
+RESTORE_INTERRUPTED = {
+    "nothing": "The restore was interrupted (its process ended) before it changed anything on the appliance.",
+    "undone": "The restore was interrupted (its process ended) while it replaced the appliance's state; the "
+              "previous state was put back.",
+    "finished": "The restore was interrupted (its process ended) after the backup's state was in place; the "
+                "next start finished it and kept the previous state as a rollback copy.",
+}
+"""The journal's sentence for a restore recovery settled (see BackupService._settle_restore), by its end."""
 
 
 @dataclass
@@ -201,6 +226,9 @@ class StatusReport:
     """When the [verify] job runs next; None when no job is set."""
     oldest_unverified: tuple[str, datetime] | None = None
     """The oldest backup no verify has passed (name, created at), as the last run saw the storage."""
+    interrupted_restore: str | None = None
+    """A sentence while a restore that was interrupted or failed is not yet finished or undone (see
+    BackupService.unfinished_restore); None otherwise, and while a restore runs."""
 
     @property
     def state(self) -> str:
@@ -329,21 +357,39 @@ class BackupService:
         return closed
 
     def recover_unlocked(self, *, storage: bool = True) -> list[RunRecord]:
-        """recover() for a caller that already holds the lock (`storage`: the partial files too)."""
-        closed = self.journal.recover(now=self.clock(), alive=pid_alive)
+        """recover() for a caller that already holds the lock (`storage`: the partial files too).
+
+        Every step is idempotent, so a recovery killed at any point is simply
+        run again by the next start. An interrupted restore is settled from
+        what its rollback directory records (see _settle_restore) before its
+        run is journalled as ended: a recovery killed in between leaves the run
+        open, and the next start settles and closes it.
+        """
+        now = self.clock()
+        # Backups and restores run only under the lock, which we hold: theirs that are open are dead,
+        # whatever process now has their number (after a reboot, another one may).
+        dead = [r for r in self.journal.runs()
+                if r.result is None and r.pid != os.getpid() and (r.kind in LOCKED_KINDS or not pid_alive(r.pid))]
         for leftover in (self.state_dir / "tmp").glob("*"):  # no run holds them: we hold the lock
-            if leftover.is_dir() and not leftover.is_symlink():
-                remove_tree(leftover, ignore_errors=True)  # not ours, but in our directory: gone, not fatal
-            else:
-                leftover.unlink(missing_ok=True)
-        for copy in (self.state_dir / "rollback").glob("*"):
-            # A restore killed before its swap began replaced nothing: its copy has no phase yet.
-            # No restore runs now (we hold the lock), so any such copy is left over.
-            if copy.is_dir() and _read_phase(copy) is None:
-                remove_tree(copy, ignore_errors=True)
-        for run in closed:
+            _remove(leftover, quietly=True)  # not ours, but in our directory: gone, not fatal
+        # Only runs under the lock publish progress (_progress_publisher): what a killed one left is stale.
+        for leftover in [self.journal.progress_path, *self.state_dir.glob(f".{self.journal.progress_path.name}.*")]:
+            _remove(leftover, quietly=True)
+        settled = self._settle_restores()
+        self._remove_restore_leftovers(keep={run_id for run_id, outcome in settled.items() if outcome is None})
+        closed = []
+        for run in dead:
             if run.kind == "restore":
-                self._finish_interrupted_restore(run.id)
+                outcome = settled.get(run.id, "nothing")
+                if outcome is None:
+                    continue  # not settled: the run stays open, and the next start tries again
+                error = RESTORE_INTERRUPTED[outcome]
+            else:
+                error = f"The {run.kind} was interrupted (its process ended before it finished)."
+            self.journal.end(run.id, "interrupted", now=now, name=run.name, error=error)
+            closed.append(replace(run, ended_at=now, result="interrupted", error=error))
+        self._discard_ended_restores()
+        self._prune_rollbacks()  # a restore killed after its "done" may not have pruned
         if storage:
             self._recover_storage(closed)
         return closed
@@ -433,6 +479,7 @@ class BackupService:
                                  None),
             next_verify_job=verifyjob.next_job(self.config.verify, now),
             oldest_unverified=oldest_unverified(self.state_dir),
+            interrupted_restore=None if running and holder and holder.task == "restore" else self._unfinished(),
         )
 
     def _future_warnings(self, now: datetime, gone: set[str]) -> list[str]:
@@ -450,6 +497,16 @@ class BackupService:
         return [f"{len(future)} {which} dated in the future for this appliance's clock: {shown}{more}. Retention keeps "
                 "them and does not count them until that time. Check the clock (NTP); a backup made while it was "
                 "wrong can be deleted by hand."]
+
+    def _unfinished(self) -> str | None:
+        unfinished = self.unfinished_restore()
+        return unfinished[0] if unfinished else None
+
+    def _refuse_if_mixed(self) -> None:
+        """No backup of, or restore over, an appliance an unsettled restore may have left mixed."""
+        unfinished = self.unfinished_restore()
+        if unfinished and unfinished[1]:
+            raise UnfinishedRestoreError(unfinished[0] + " Until then no backup or restore starts.")
 
     def security_warnings(self) -> list[str]:
         """Loosened permissions on what protects the backups (the state directory, the key file), and
@@ -503,6 +560,7 @@ class BackupService:
         started = self.clock()
         with RunLock(self.state_dir, "backup", now=started):
             self.recover_unlocked()
+            self._refuse_if_mixed()
             if slot is not None and slot_already_done(self.journal.runs(), slot):
                 raise SlotAlreadyDoneError(f"The scheduled backup of {slot.isoformat(timespec='minutes')} already ran.")
             name = self.new_backup_name(started)
@@ -907,12 +965,16 @@ class BackupService:
         started = self.clock()
         with RunLock(self.state_dir, "restore", now=started):
             self.recover_unlocked()
-            with self._journalled("restore", name=name, now=started) as run, edges(self, "restore", name), \
-                    shutdown_inhibitor("Restore in progress") as inhibitor:
-                publish = self._progress_publisher(progress, inhibitor=inhibitor.status_line)
-                result = self._restore(name, passphrase, publish, cancel, run.id)
-                run.warning = refused_attributes_sentence(result.warnings)
-                return result
+            self._refuse_if_mixed()
+            try:
+                with self._journalled("restore", name=name, now=started) as run, edges(self, "restore", name), \
+                        shutdown_inhibitor("Restore in progress") as inhibitor:
+                    publish = self._progress_publisher(progress, inhibitor=inhibitor.status_line)
+                    result = self._restore(name, passphrase, publish, cancel, run.id)
+                    run.warning = refused_attributes_sentence(result.warnings)
+                    return result
+            finally:
+                self._discard_ended_restores()  # a failed restore's, now that its run is journalled
 
     def _restore(self, name: str, passphrase: str | None, progress: ProgressCallback | None,
                  cancel: threading.Event | None, run_id: str) -> RestoreResult:
@@ -921,10 +983,10 @@ class BackupService:
         stages = {c: paths[f"{c}.stage"] for c in targets}
         db_stage = paths["database.stage"]
         tracker = Tracker("restore", progress, cancel)
-        ensure_private_dir(paths["rollback"])
         swapping = False
         consumer = None
         try:
+            self._begin_rollback(paths)
             try:
                 with self._open(name) as source:
                     reader = self._reader(source, passphrase)
@@ -947,30 +1009,33 @@ class BackupService:
                 database.keep_wal_mode(db_stage)
             tracker.set_stage("Replacing the appliance's state")
             swapping = True
-            rollback_dir = self._swap_in(targets, stages, db_stage, run_id)
+            rollback_dir = self._swap_in(paths)
         finally:
             if consumer is not None:
                 consumer.close()
-            if not swapping:  # nothing was replaced: no rollback copy to keep
-                remove_tree(paths["rollback"], ignore_errors=True)
-            for stage in stages.values():
-                remove_tree(stage, ignore_errors=True)
-            db_stage.unlink(missing_ok=True)
+            if not swapping:  # nothing was replaced: the staged copies and the rollback directory go
+                try:
+                    self._settle_restore(run_id)
+                except Exception as exc:  # left for the next start (status says so meanwhile)
+                    self._note_recovery_error(run_id, exc)
         tracker.set_stage("Done")
         return RestoreResult(name=name, rollback_dir=rollback_dir, files=summary.files,
                              warnings=consumer.refused_attributes())
 
-    def _restore_paths(self, run_id: str) -> dict[str, Path]:
+    def _restore_paths(self, run_id: str, targets: dict[str, Path] | None = None) -> dict[str, Path]:
         """Every path a restore touches; "firmware", "system" and "database" are what it replaces.
 
-        Those are the configured paths with links resolved: a configured
+        Those are `targets` (what the restore recorded, see _recorded_paths),
+        else the configured paths with links resolved: a configured
         directory or database reached through a link is restored where the
         link leads and the link itself stays (renaming the staged copy over it
         would leave the real one untouched). Stages sit beside them.
         """
-        appliance = self.config.appliance
-        paths = {"firmware": appliance.firmware.resolve(), "system": appliance.system.resolve(),
-                 "database": appliance.database.resolve()}
+        if targets is None:
+            appliance = self.config.appliance
+            targets = {"firmware": appliance.firmware.resolve(), "system": appliance.system.resolve(),
+                       "database": appliance.database.resolve()}
+        paths = {c: Path(targets[c]) for c in COMPONENTS}
         for component in ("firmware", "system"):
             target = paths[component]
             paths[f"{component}.stage"] = target.parent / f".{target.name}.restore-{run_id}"
@@ -981,33 +1046,85 @@ class BackupService:
         paths["rollback"] = self.state_dir / "rollback" / run_id
         return paths
 
-    def _swap_in(self, targets: dict[str, Path], stages: dict[str, Path], db_stage: Path, run_id: str) -> Path:
-        """Put the staged state in place; undo every step taken if one fails.
+    def _recorded_paths(self, run_id: str) -> dict[str, Path]:
+        """_restore_paths() of the restore `run_id` from the targets its rollback directory records.
 
-        A phase file in the rollback directory tells recovery, after a crash,
-        whether to undo the swap ("swapping") or finish it ("committed").
-        What is replaced is first kept beside its target (`.old` paths), then
-        moved into the rollback directory.
+        So recovery finds what the restore touched even if the configuration changed since; a
+        directory without the record (an earlier version's) falls back to the configured paths.
         """
-        paths = self._restore_paths(run_id)
-        rollback_dir = paths["rollback"]
-        self._note_database_mode(paths)
-        _write_phase(rollback_dir, "swapping")
         try:
-            for component, target in targets.items():
-                if target.exists():
+            recorded = json.loads((self.state_dir / "rollback" / run_id / TARGETS_NOTE).read_text())
+            targets = {c: Path(recorded[c]) for c in COMPONENTS}
+            if not all(t.is_absolute() for t in targets.values()):
+                raise ValueError("relative target")
+        except (OSError, ValueError, KeyError, TypeError):
+            return self._restore_paths(run_id)
+        return self._restore_paths(run_id, targets)
+
+    def _begin_rollback(self, paths: dict[str, Path]) -> None:
+        """Create the restore's rollback directory, durably, before anything is written beside the targets.
+
+        From then on recovery finds the restore by it (whatever the journal says) and settles it from
+        its phase: "staging" (nothing replaced yet), "swapping", "committed", "done".
+        """
+        rollback = paths["rollback"]
+        ensure_private_dir(rollback.parent)
+        rollback.mkdir(mode=0o700)
+        fsync_dir(rollback.parent)
+        atomic_write_text(rollback / TARGETS_NOTE, json.dumps({c: str(paths[c]) for c in COMPONENTS}) + "\n",
+                          mode=0o600)
+        _write_phase(rollback, "staging")
+
+    def _swap_in(self, paths: dict[str, Path]) -> Path:
+        """Put the staged state in place; on a failure, put the previous state back (or say why it could not).
+
+        The phase file in the rollback directory tells recovery, after a crash,
+        whether to undo the swap ("swapping") or finish it ("committed"), see
+        _settle_restore. What is replaced is first kept beside its target
+        (`.pre-restore-` paths), then moved into the rollback directory.
+        """
+        rollback_dir = paths["rollback"]
+        try:
+            self._note_database_mode(paths)
+            absent = [c for c in COMPONENTS if not os.path.lexists(paths[c])]
+            if absent:  # undoing then removes what was renamed in where nothing was
+                atomic_write_text(rollback_dir / ABSENT_NOTE, "".join(c + "\n" for c in absent), mode=0o600)
+            _write_phase(rollback_dir, "swapping")
+            for component in ("firmware", "system"):
+                target = paths[component]
+                if component not in absent:
                     os.rename(target, paths[f"{component}.old"])
-                os.rename(stages[component], target)
+                os.rename(paths[f"{component}.stage"], target)
                 fsync_dir(target.parent)
-            database.replace(db_stage, paths["database"], keep=paths["database.old"])
+            database.replace(paths["database.stage"], paths["database"], keep=paths["database.old"])
+            _write_phase(rollback_dir, "committed")
         except BaseException as exc:
-            self._undo_swap(run_id)
+            try:
+                outcome = self._settle_restore(rollback_dir.name)  # as recovery would: by the phase on disk
+            except Exception as undo_exc:
+                self._note_recovery_error(rollback_dir.name, undo_exc)
+                raise BackupError(
+                    f"Restoring failed while replacing the appliance's state ({describe(exc)}), and putting the "
+                    f"previous state back failed too ({describe(undo_exc)}). Until it is put back the appliance "
+                    "may hold a mix of both: every start of appliance-backup tries again, and `appliance-backup "
+                    "status` warns until it is done. Fix the cause above (free space, for one), then run it."
+                ) from None
             if isinstance(exc, (KeyboardInterrupt, InterruptedRunError)):
                 raise
+            if outcome == "finished":  # the commit was durable after all (only its directory's sync failed)
+                return rollback_dir
+            done = "the previous state was put back" if outcome == "undone" else "nothing was changed"
             raise BackupError(f"Restoring failed while replacing the appliance's state ({describe(exc)}); "
-                              "the previous state was put back.") from None
-        _write_phase(rollback_dir, "committed")
-        self._keep_old_state(run_id)
+                              f"{done}.") from None
+        try:
+            self._keep_old_state(paths)
+        except Exception as exc:
+            self._note_recovery_error(rollback_dir.name, exc)
+            raise BackupError(
+                f"The backup's state was restored, but the previous state could not be moved into its rollback "
+                f"copy {rollback_dir} ({describe(exc)}): it stays beside the appliance's folders until a start of "
+                "appliance-backup moves it (`appliance-backup status` warns until then)."
+            ) from None
         return rollback_dir
 
     @staticmethod
@@ -1016,56 +1133,298 @@ class BackupService:
         if database.in_wal_mode(paths["database"]):
             atomic_write_text(paths["rollback"] / WAL_NOTE, "wal\n", mode=0o600)
 
-    def _undo_swap(self, run_id: str) -> None:
-        paths = self._restore_paths(run_id)
+    def _settle_restore(self, run_id: str) -> str:
+        """Bring an unfinished restore to an end from what its rollback directory records; say which end.
+
+        "nothing": it had replaced nothing (phase staging); its staged copies
+        are removed, then the phase is "abandoned". "undone": it was replacing
+        the state (swapping); the previous state is put back, the same copies
+        removed, then the phase is "undone". "finished": its swap was complete
+        (committed); the replaced state is moved into the rollback copy, then
+        the phase is "done". Every step is idempotent and made durable before
+        the next, so a kill anywhere in here is settled by running this again;
+        the directory of an abandoned or undone restore is discarded only after
+        its run is journalled as ended (_discard_ended_restores), so that the
+        journal says which end it came to. Raises (OSError, a BackupError) when
+        a step cannot be done now: the phase stays, and so does the status warning.
+        """
+        paths = self._recorded_paths(run_id)
+        rollback = paths["rollback"]
+        phase = _read_phase(rollback)
+        if phase == "committed":
+            self._keep_old_state(paths)
+            phase = "done"
+        if phase == "done":
+            for leftover in rollback.glob(".*.tmp"):  # a phase write killed mid-way
+                leftover.unlink(missing_ok=True)
+            (rollback / RECOVERY_ERROR).unlink(missing_ok=True)
+            return "finished"
+        if phase not in (None, "staging", "swapping") + ENDED_PHASES:
+            raise BackupError(f"The rollback directory {rollback} records an unknown phase ({phase!r}), so "
+                              "recovery cannot tell whether to undo or finish that restore.")
+        self._remove_stages(paths)  # first: frees the room that undoing may need
+        if phase == "swapping":
+            self._undo_swap(paths)
+            self._remove_stages(paths)  # the restored copies _undo_swap moved aside
+            phase = "undone"
+            _write_phase(rollback, phase)
+        elif phase in (None, "staging"):
+            phase = "abandoned"
+            if rollback.is_dir():
+                _write_phase(rollback, phase)
+        return "undone" if phase == "undone" else "nothing"
+
+    def _discard_ended_restores(self) -> None:
+        """Remove the rollback directories of abandoned or undone restores whose run the journal has closed."""
+        try:
+            dirs = [d for d in (self.state_dir / "rollback").iterdir() if _read_phase(d) in ENDED_PHASES]
+            still_open = {r.id for r in self.journal.runs() if r.result is None} if dirs else set()
+        except (OSError, BackupError):
+            return
+        for rollback in dirs:
+            if rollback.name not in still_open:
+                try:
+                    self._discard(rollback)
+                except OSError:  # the next start tries again
+                    pass
+
+    def _undo_swap(self, paths: dict[str, Path]) -> None:
+        """Put back what a swap replaced, from wherever it stopped; again and again if need be (idempotent).
+
+        Each replaced directory is renamed back from its `.pre-restore-` copy;
+        the restored one goes aside under the stage's name first (the stages are
+        removed before this runs), so no target is ever half deleted.
+        """
+        rollback = paths["rollback"]
+        try:
+            absent = set((rollback / ABSENT_NOTE).read_text().split())
+        except FileNotFoundError:
+            absent = set()
         for component in ("firmware", "system"):
-            target = paths[component]
-            old = paths[f"{component}.old"]
-            if old.exists():
-                if target.exists():
-                    remove_tree(target)
-                os.rename(old, target)
+            target, old, stage = paths[component], paths[f"{component}.old"], paths[f"{component}.stage"]
+            if os.path.lexists(old) or component in absent:
+                if os.path.lexists(target):
+                    os.rename(target, stage)
+                if os.path.lexists(old):
+                    os.rename(old, target)
                 fsync_dir(target.parent)
         old_db, live_db = paths["database.old"], paths["database"]
-        if old_db.exists():
-            if live_db.exists() and os.path.samefile(old_db, live_db):
+        if os.path.lexists(old_db):
+            if os.path.lexists(live_db) and os.path.samefile(old_db, live_db):
                 old_db.unlink()  # kept, but the swap stopped before the database was replaced
+                fsync_dir(live_db.parent)
             else:
                 database.replace(old_db, live_db, keep=None)
-        if (paths["rollback"] / WAL_NOTE).exists():
+        elif "database" in absent and os.path.lexists(live_db):  # renamed in where there was none
+            os.rename(live_db, paths["database.stage"])
+            fsync_dir(live_db.parent)
+        if (rollback / WAL_NOTE).exists():
             database.put_back_in_wal_mode(live_db)
 
-    def _keep_old_state(self, run_id: str) -> None:
-        paths = self._restore_paths(run_id)
+    def _keep_old_state(self, paths: dict[str, Path]) -> None:
+        """Move what a committed swap replaced into the rollback directory; then it is "done" (idempotent)."""
+        rollback = paths["rollback"]
         for component, kept in (("firmware", "firmware"), ("system", "system"), ("database", "internal.db")):
             old = paths[f"{component}.old"]
-            if old.exists():
-                shutil.move(old, paths["rollback"] / kept)
-        _write_phase(paths["rollback"], "done")
+            if os.path.lexists(old):
+                _move_whole(old, rollback / kept)
+        _write_phase(rollback, "done")
+        (rollback / RECOVERY_ERROR).unlink(missing_ok=True)
         self._prune_rollbacks()
+
+    def _remove_stages(self, paths: dict[str, Path]) -> None:
+        """Remove the restore's staged copies (and a copy of the database replace() had begun), durably."""
+        old_db = paths["database.old"]
+        doomed = [paths["firmware.stage"], paths["system.stage"]]
+        for db_file in (paths["database.stage"], old_db.with_name(old_db.name + ".partial")):
+            doomed += [db_file.with_name(db_file.name + suffix) for suffix in ("", "-journal", "-wal", "-shm")]
+        parents = set()
+        for path in doomed:
+            if os.path.lexists(path):
+                _remove(path)
+                parents.add(path.parent)
+        for parent in parents:
+            fsync_dir(parent)
+
+    def _remove_restore_leftovers(self, keep: set[str]) -> None:
+        """Staged, partial and pre-restore copies beside the targets that no unsettled restore needs.
+
+        Those an earlier version's recovery left when it was killed, or a
+        restore's whose rollback directory is gone; `keep` names the runs whose
+        settling failed (their copies are still needed). A pre-restore copy
+        whose target is missing stays: it may be the only copy left.
+        """
+        appliance = self.config.appliance
+        names: dict[Path, set[str]] = {}
+        for target in (appliance.firmware.resolve(), appliance.system.resolve(), appliance.database.resolve()):
+            names.setdefault(target.parent, set()).add(target.name)
+        for parent, targets in names.items():
+            try:
+                entries = [e.name for e in os.scandir(parent)]
+            except OSError:
+                continue
+            removed = False
+            for entry in entries:
+                match = LEFTOVER.fullmatch(entry)
+                if not match or match["target"] not in targets or match["run"] in keep:
+                    continue
+                if match["kind"] == "pre-restore" and not match["partial"] and not os.path.lexists(
+                        parent / match["target"]):
+                    continue
+                removed = _remove(parent / entry, quietly=True) or removed
+            if removed:
+                try:
+                    fsync_dir(parent)
+                except OSError:
+                    pass
+
+    def _settle_restores(self) -> dict[str, str | None]:
+        """Settle every restore that has a rollback directory; run id -> its end (None: not settled now)."""
+        try:
+            dirs = sorted(d for d in (self.state_dir / "rollback").iterdir() if d.is_dir() and not d.is_symlink())
+        except OSError:
+            return {}
+        outcomes: dict[str, str | None] = {}
+        for rollback in dirs:
+            try:
+                outcomes[rollback.name] = self._settle_restore(rollback.name)
+            except Exception as exc:  # the next start tries again; status warns meanwhile
+                self._note_recovery_error(rollback.name, exc)
+                outcomes[rollback.name] = None
+        return outcomes
+
+    def _note_recovery_error(self, run_id: str, exc: BaseException) -> None:
+        """Keep why a restore could not be settled, for status to say (best effort: the disk may be full)."""
+        rollback = self.state_dir / "rollback" / run_id
+        try:
+            if rollback.is_dir():
+                atomic_write_text(rollback / RECOVERY_ERROR, describe(exc) + "\n", mode=0o600)
+        except OSError:
+            pass
+
+    def unfinished_restore(self) -> tuple[str, bool] | None:
+        """A sentence while a restore that was interrupted (or failed) is not yet finished or undone, else None.
+
+        With it, whether the appliance may be mixed (the swap had begun): then no backup or restore starts.
+        """
+        try:
+            dirs = sorted(d for d in (self.state_dir / "rollback").iterdir() if d.is_dir() and not d.is_symlink())
+        except OSError:
+            return None
+        pending = [(d, _read_phase(d)) for d in dirs]
+        pending = [(d, phase) for d, phase in pending if phase != "done" and phase not in ENDED_PHASES]
+        if not pending:
+            return None
+        rollback, phase = max(pending, key=lambda p: p[1] not in (None, "staging"))
+        mixed = phase not in (None, "staging")
+        if phase == "swapping":
+            what = ("was interrupted while it replaced the appliance's state, and has not been undone yet: the "
+                    "firmware, system configuration and database may be a mix of the previous state and the backup's")
+        elif phase == "committed":
+            what = ("was interrupted after it put the backup's state in place, and has not been finished yet: the "
+                    "previous state still lies beside the appliance's folders, not yet in its rollback copy")
+        elif mixed:
+            what = (f"left its rollback directory in an unknown phase ({phase!r}): whether the appliance holds "
+                    "the previous state, the backup's or a mix is unknown")
+        else:
+            what = ("was interrupted before it replaced anything; its staged copies beside the appliance's "
+                    "folders have not been removed yet")
+        sentence = (f"A restore (run {rollback.name}) {what}. Every start of appliance-backup (any command, or the "
+                    "console) tries to complete this")
+        try:
+            error = (rollback / RECOVERY_ERROR).read_text().strip()
+        except OSError:
+            error = ""
+        sentence += f"; the last attempt failed: {error}" if error else "."
+        if len(pending) > 1:
+            sentence += f" ({len(pending)} restores are unfinished, see {rollback.parent}.)"
+        return sentence, mixed
+
+    def _discard(self, directory: Path) -> None:
+        """Remove a directory of ours for good, so that a kill mid-way never leaves it half there by its name.
+
+        It is renamed into the state's tmp directory first (recovery empties
+        that), then deleted. Where that rename cannot be made, its phase file goes
+        first, so a half-removed copy is one recovery removes, not one it keeps.
+        """
+        if not os.path.lexists(directory):
+            return
+        trash_dir = self.state_dir / "tmp"
+        ensure_private_dir(trash_dir)
+        trash = trash_dir / f"discarded-{directory.name}"
+        _remove(trash)
+        try:
+            os.rename(directory, trash)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            (directory / "PHASE").unlink(missing_ok=True)
+            fsync_dir(directory)
+            trash = directory
+        fsync_dir(directory.parent)
+        _remove(trash)
 
     def _prune_rollbacks(self) -> None:
         """Keep the newest KEEP_ROLLBACKS finished rollback copies; each is a whole appliance state."""
         root = self.state_dir / "rollback"
-        finished = sorted((d for d in root.iterdir() if d.is_dir() and _read_phase(d) in ("done", "undone")),
-                          key=lambda d: (d / "PHASE").stat().st_mtime_ns)
+        if not root.is_dir():
+            return
+        try:
+            finished = sorted((d for d in root.iterdir() if d.is_dir() and _read_phase(d) == "done"),
+                              key=lambda d: (d / "PHASE").stat().st_mtime_ns)
+        except OSError:  # tried again after the next restore
+            return
         for old in finished[:-KEEP_ROLLBACKS]:
-            remove_tree(old, ignore_errors=True)
+            try:
+                self._discard(old)
+            except OSError:  # tried again after the next restore
+                pass
 
-    def _finish_interrupted_restore(self, run_id: str) -> None:
-        """After a crash mid-restore: the appliance ends fully old or fully restored, never mixed."""
-        paths = self._restore_paths(run_id)
-        phase = _read_phase(paths["rollback"])
-        if phase == "swapping":
-            self._undo_swap(run_id)
-            _write_phase(paths["rollback"], "undone")
-        elif phase == "committed":
-            self._keep_old_state(run_id)
-        for key in ("firmware.stage", "system.stage"):
-            remove_tree(paths[key], ignore_errors=True)
-        paths["database.stage"].unlink(missing_ok=True)
-        old_db = paths["database.old"]
-        old_db.with_name(old_db.name + ".partial").unlink(missing_ok=True)  # a copy replace() had begun
+
+def _remove(path: Path, *, quietly: bool = False) -> bool:
+    """Delete a file, link or whole directory if it is there; whether something was. `quietly`: errors too."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            remove_tree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        if not quietly:
+            raise
+        return False
+    return True
+
+
+def _move_whole(source: Path, dest: Path) -> None:
+    """Move a file or directory to `dest` so that a kill anywhere leaves it whole in one of the two places.
+
+    Run again after a kill, it completes the move. Across file systems the
+    copy is made as `dest`.partial, synced, renamed to `dest`, and only then
+    is `source` removed: a `dest` that exists is always complete.
+    """
+    if os.path.lexists(dest):  # an interrupted move that had already completed its copy
+        _remove(source)
+        fsync_dir(source.parent)
+        return
+    try:
+        os.rename(source, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        partial = dest.with_name(dest.name + ".partial")
+        _remove(partial)
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(source, partial, symlinks=True)
+        else:
+            shutil.copy2(source, partial, follow_symlinks=False)
+        sync_filesystem(partial)
+        os.rename(partial, dest)
+        fsync_dir(dest.parent)
+        _remove(source)
+    fsync_dir(source.parent)
+    fsync_dir(dest.parent)
 
 
 REFUSED_SHOWN = 20
@@ -1166,10 +1525,13 @@ def _write_phase(rollback_dir: Path, phase: str) -> None:
 
 
 def _read_phase(rollback_dir: Path) -> str | None:
+    """The phase a rollback directory records; None when it has no phase file, "?" when that cannot be read."""
     try:
         return (rollback_dir / "PHASE").read_text().strip()
-    except OSError:
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError):
+        return "?"
 
 
 def _aware_time(text: object) -> datetime | None:

@@ -42,6 +42,7 @@ class StatusScreen(ConsoleScreen):
         glyphs = self.app.glyphs
         yield Static("Backup Status Information", classes="section-title")
         yield StatusTable(id="status-table")
+        yield Static("", id="interrupted-restore", markup=False)
         yield Static("", id="stale", markup=False)
         yield Static("", id="alerts", markup=False)
         yield Static("", id="verify-job", markup=False)
@@ -57,6 +58,7 @@ class StatusScreen(ConsoleScreen):
         self.query_one("#stale").display = False
         self.query_one("#alerts").display = False
         self.query_one("#verify-job").display = False
+        self.query_one("#interrupted-restore").display = False
         self.watch(self.app, "report", self._show_report)
         self.watch(self.app, "progress", self._show_progress)
         self.watch(self.app, "backup_running", self._show_running)
@@ -70,6 +72,9 @@ class StatusScreen(ConsoleScreen):
         self.query_one(RecentRuns).show(report.recent, now)
         sizes = [r.size for r in reversed(report.recent) if r.result == "ok" and r.size is not None]
         self.query_one(SizeTrend).sizes = tuple(sizes[-30:])
+        unfinished = report.interrupted_restore or ""
+        _update(self.query_one("#interrupted-restore", Static), unfinished)
+        self.query_one("#interrupted-restore").display = bool(unfinished)
         # The staleness, then the warnings (loosened permissions, a damaged journal, backups dated in the future).
         stale = "\n".join(line for line in (report.stale, *report.warnings) if line)
         _update(self.query_one("#stale", Static), stale)
