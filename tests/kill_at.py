@@ -5,7 +5,7 @@
 A step is a call that changes files under ROOT, as Python's audit hooks report
 it (sys.addaudithook): an open for writing, a rename, an unlink, a rmdir, a
 mkdir, a link, a chmod or utime, a new SQLite connection. Calls made relative
-to a directory descriptor (shutil.rmtree's unlinks) or on a descriptor count
+to a directory descriptor (fsutil.remove_tree's unlinks) or on a descriptor count
 too: this process only makes those on files under ROOT. The hook runs before
 the call, so killed "at step N" means steps 1..N-1 happened and N did not.
 
@@ -30,7 +30,7 @@ import sys
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 COUNTED = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.link", "os.symlink", "os.chmod", "os.chown",
-           "os.utime", "os.truncate", "sqlite3.connect", "shutil.rmtree"}
+           "os.utime", "os.truncate", "sqlite3.connect"}
 
 
 def main() -> None:
