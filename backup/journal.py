@@ -88,10 +88,19 @@ class RunJournal:
         """Every event of `kind`, oldest first, as journalled (with "at", an ISO 8601 time)."""
         return [rec for rec in self._records() if rec.get("type") == "event" and rec.get("kind") == kind]
 
-    def runs(self) -> list[RunRecord]:
-        """Every run, oldest first."""
+    def size(self) -> int:
+        """Bytes in the journal now: `runs(since=...)` reads only what is appended after them."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise self._state_error(exc, "read") from None
+
+    def runs(self, *, since: int = 0) -> list[RunRecord]:
+        """Every run, oldest first; with `since` (a `size()` taken earlier), only the runs started after it."""
         runs: dict[str, RunRecord] = {}
-        for rec in self._records():
+        for rec in self._records(since):
             try:
                 if rec["type"] == "start":
                     runs[rec["id"]] = RunRecord(
@@ -164,9 +173,14 @@ class RunJournal:
         except OSError as exc:
             raise self._state_error(exc, "written") from None
 
-    def _read(self) -> bytes:
+    def _read(self, since: int = 0) -> bytes:
         try:
-            return self.path.read_bytes()
+            with self.path.open("rb") as f:
+                if since and f.seek(0, os.SEEK_END) >= since:  # appended to since (it is never rewritten)
+                    f.seek(since)
+                else:
+                    f.seek(0)
+                return f.read()
         except FileNotFoundError:
             return b""
         except OSError as exc:
@@ -183,9 +197,9 @@ class RunJournal:
         return StateDirError(f"The run journal {self.path} cannot be {done} ({exc.strerror or exc}), "
                              f"so no run can be recorded: {fix}, then try again.")
 
-    def _records(self) -> list[dict[str, Any]]:
+    def _records(self, since: int = 0) -> list[dict[str, Any]]:
         records = []
-        for raw in self._read().splitlines():
+        for raw in self._read(since).splitlines():
             try:
                 rec = json.loads(raw)
             except ValueError:

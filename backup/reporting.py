@@ -55,7 +55,7 @@ def reported(method: F) -> F:
             return method(service, *args, **kwargs)
         _nesting.depth = 1
         try:
-            before = {run.id for run in service.journal.runs()}
+            before = service.journal.size()  # not every run id: an appliance's journal grows for years
         except BackupError:
             before = None
         try:
@@ -68,10 +68,11 @@ def reported(method: F) -> F:
     return call  # type: ignore[return-value]
 
 
-def after_runs(service: "BackupService", before: set[str]) -> None:
-    """Queue the alerts of the runs journalled since `before`, write the metrics, start delivering."""
+def after_runs(service: "BackupService", before: int) -> None:
+    """Queue the alerts of the runs journalled since the journal had `before` bytes, write the metrics,
+    start delivering."""
     try:
-        runs = [r for r in service.journal.runs() if r.id not in before and r.result is not None]
+        runs = [r for r in service.journal.runs(since=before) if r.result is not None]
         verify_failed = any(r.kind == "verify" and r.result == "failed" for r in runs)
         for run in runs:
             event = RUN_EVENTS.get((run.kind, run.result))
