@@ -237,6 +237,9 @@ def test_an_unprivileged_restore_widens_nothing_and_names_what_it_could_not_set(
     os.chown(firmware / "own-tool", NOBODY, NOBODY)
     (firmware / "own-tool").chmod(0o6755)  # the restoring user's own: setuid to itself widens nothing
     (firmware / "shared").chmod(0o1777)
+    os.chown(service.config.path.parent, 0, 0)  # root's backup trusts a state and configuration only root can change
+    os.chown(service.config.path, 0, 0)
+    _chown_tree(service.config.state_dir, 0, 0)
     name = service.run_backup().name
     _chown_tree(service.config.path.parent, NOBODY, NOBODY)  # what the root backup left (journal, lock)
 

@@ -196,7 +196,7 @@ KEEPING = "os.rename:.firmware.pre-restore-:2"
 """Committed: the replaced firmware is being moved into the rollback copy."""
 JOURNAL_END = "open:journal.jsonl"
 NAMED_KILLS = {  # the restore's kill, the recovery's kill, where the appliance must end
-    "extracting, then recovery mid-removal of a staged copy": (EXTRACTING, "os.rmdir:operators", "old"),
+    "extracting, then recovery mid-removal of a staged copy": (EXTRACTING, "os.rmdir:boot", "old"),
     "extracting, then recovery just after journalling": (EXTRACTING, JOURNAL_END + "+1", "old"),
     "mid-swap, then recovery before journalling": (MID_SWAP, JOURNAL_END, "old"),
     "mid-swap, then recovery just after journalling": (MID_SWAP, JOURNAL_END + "+1", "old"),

@@ -112,8 +112,9 @@ def test_the_terminal_shows_what_textual_draws(service: BackupService, tmp_path:
             tmux("new-session", "-d", "-s", "console", "-x", "80", "-y", "24",
                  "env", "-u", "COLUMNS", "-u", "LINES", "TERM=linux", f"{FULL_DRAW_ENV}={draw}",
                  str(BIN), "--config", str(service.config.path))
-        steps = [None, "2", "Tab", "x", "Tab", "Escape", "1", "3", "o", "Escape", "?", "Escape", "1", "2",
-                 "3", "1"]
+        # No typing into a field: a key typed while a loaded machine still builds the first Settings screen can
+        # be lost by either console (issue 15, item 7), which says nothing about how ScreenDiff draws.
+        steps = [None, "2", "Tab", "Tab", "Escape", "1", "3", "o", "Escape", "?", "Escape", "1", "2", "3", "1"]
         shown: list = []
         for key in steps:
             before = shown

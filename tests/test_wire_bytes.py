@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from textual.worker import WorkerCancelled
 from textual.drivers.headless_driver import HeadlessDriver
 from textual.widgets import Static
 
@@ -75,8 +76,13 @@ def recording_app(config, clock) -> BackupConsole:
 async def read_status(pilot) -> None:
     """One status refresh, as the console's timer makes every 2 s, drawn."""
     pilot.app.refresh_status()
-    for worker in [w for w in pilot.app.workers if w.group == "status"]:
-        await worker.wait()
+    # An exclusive refresh cancels the one before it (the start-up one, the timer's): wait until none runs.
+    while pending := [w for w in pilot.app.workers if w.group == "status" and not w.is_finished]:
+        for worker in pending:
+            try:
+                await worker.wait()
+            except WorkerCancelled:
+                pass
     await pilot.pause()
     await pilot.pause()
 
