@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -30,7 +29,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.nfs_server import free_port
+from tests.nfs_server import free_port, stop_group
 
 INSTALL_HINT = "apt-get install -y mariadb-server mariadb-backup galera-4 (make test installs them)"
 START_TIMEOUT = 60.0
@@ -123,17 +122,7 @@ class MariaServer:
     def stop(self) -> None:
         """A clean shutdown (SIGTERM to the group); SIGKILL when it lingers."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(STOP_TIMEOUT)
+        stop_group(process, STOP_TIMEOUT)
 
     def log_tail(self) -> str:
         try:

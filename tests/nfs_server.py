@@ -56,6 +56,24 @@ LOG {{ Default_Log_Level = EVENT; }}
 """
 
 
+def stop_group(process: subprocess.Popen | None, patience: float) -> None:
+    """SIGTERM a server started in its own session (its process group); SIGKILL the group if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(patience)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(patience)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -131,20 +149,7 @@ class NfsServer:
     def stop(self) -> None:
         """SIGTERM the server's process group; SIGKILL it if it lingers."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait(STOP_TIMEOUT)
+        stop_group(process, STOP_TIMEOUT)
 
     def client(self, path: str = "", version: str = "4.1"):
         """A raw nfs-rs client connected to the export (for test set-up through NFS)."""
