@@ -200,24 +200,12 @@ def _run_slot(service: ScheduledService, slot: datetime, catch_up: bool, done: d
     with holder as inhibitor:
         if inhibitor is not None and not inhibitor.held:
             say(WARNING, inhibitor.status_line)
-        try:
-            result = service.run_backup(progress=None, cancel=stop, slot=slot, catch_up=catch_up)
-        except SlotAlreadyDoneError:
-            say(INFO, f"backup skipped ({label}): that slot was already run")
-        except LockHeldError as exc:
-            say(WARNING, f"backup postponed ({label}): {exc}")
-            return False
-        except InterruptedRunError as exc:
-            say(WARNING, f"backup interrupted ({label}): {exc}")
-        except BackupError as exc:
-            say(ERROR, f"backup failed ({label}): {exc}")
-        except Exception as exc:  # a daemon outlives one bad run; the journal has the run's error
-            say(ERROR, f"backup failed ({label}): unexpected {type(exc).__name__}: {exc}")
-        else:
-            name = getattr(result, "name", "?")
+        def finished(result: Any) -> str:
             size = getattr(result, "size", None)
-            say(INFO, f"backup finished ({label}): {name}" + (f", {size} bytes" if size is not None else ""))
-    return True
+            return f"{getattr(result, 'name', '?')}" + (f", {size} bytes" if size is not None else "")
+
+        return _run_logged("backup", label, lambda: service.run_backup(progress=None, cancel=stop, slot=slot,
+                                                                        catch_up=catch_up), finished, say)
 
 
 def _run_verify_job(service: ScheduledService, slot: datetime, catch_up: bool, stop: threading.Event,
@@ -225,21 +213,28 @@ def _run_verify_job(service: ScheduledService, slot: datetime, catch_up: bool, s
     """Run the [verify] job's slot; False when a backup or restore holds the lock (try again later)."""
     label = f"slot {fmt(slot)}" + (", catch-up" if catch_up else "")
     say(INFO, f"verify job started ({label})")
+    return _run_logged("verify job", label, lambda: service.run_verify_job(slot=slot, catch_up=catch_up, cancel=stop),
+                       lambda result: f"{len(result.verified)} backup(s) verified", say)
+
+
+def _run_logged(what: str, label: str, run: Callable[[], Any], finished: Callable[[Any], str],
+                say: Callable[[int, str], None]) -> bool:
+    """Run a scheduled slot's work and log how it ended; False when another run holds the lock (try later)."""
     try:
-        result = service.run_verify_job(slot=slot, catch_up=catch_up, cancel=stop)
+        result = run()
     except SlotAlreadyDoneError:
-        say(INFO, f"verify job skipped ({label}): that slot was already run")
+        say(INFO, f"{what} skipped ({label}): that slot was already run")
     except LockHeldError as exc:
-        say(WARNING, f"verify job postponed ({label}): {exc}")
+        say(WARNING, f"{what} postponed ({label}): {exc}")
         return False
     except InterruptedRunError as exc:
-        say(WARNING, f"verify job interrupted ({label}): {exc}")
+        say(WARNING, f"{what} interrupted ({label}): {exc}")
     except BackupError as exc:
-        say(ERROR, f"verify job failed ({label}): {exc}")
+        say(ERROR, f"{what} failed ({label}): {exc}")
     except Exception as exc:  # a daemon outlives one bad run; the journal has the run's error
-        say(ERROR, f"verify job failed ({label}): unexpected {type(exc).__name__}: {exc}")
+        say(ERROR, f"{what} failed ({label}): unexpected {type(exc).__name__}: {exc}")
     else:
-        say(INFO, f"verify job finished ({label}): {len(result.verified)} backup(s) verified")
+        say(INFO, f"{what} finished ({label}): {finished(result)}")
     return True
 
 
