@@ -110,12 +110,13 @@ class TestBrowserOverNfs:
                 await pilot.pause()  # the frame that shows the sentence
                 assert "(cannot be read)" in shown(app)
                 assert sentence.split()[0] in shown(app), (sentence, shown(app))
-                # The console answers keys at once, even with the server gone.
+                # The console answers keys without waiting on the server that is gone: a console blocked on it
+                # would take the NFS timeout at least. (Not a speed target; bench/ measures speed.)
                 started = time.monotonic()
                 await pilot.press("escape")
                 await pilot.pause()
                 assert isinstance(app.screen, StorageScreen)
-                assert time.monotonic() - started < 1.0
+                assert time.monotonic() - started < TIMEOUT
                 await pilot.press("1")  # and moves on to another screen
                 await pilot.pause()
                 assert not isinstance(app.screen, (StorageScreen, StorageBrowser))
