@@ -10,13 +10,13 @@ APT_COMMANDS := tmux zstd age ganesha.nfsd mariadbd mariadb mariadb-install-db m
 APT_FILES := /usr/lib/galera/libgalera_smm.so
 PYTEST_ARGS ?=
 
-.PHONY: all venv sysdeps test demo bench clean
+.PHONY: all venv sysdeps lint test demo bench clean
 
 all: test
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.lock
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -33,6 +33,14 @@ sysdeps:
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
+
+# The checks that keep the code as it is specified: style and bugs (ruff), types (mypy), the layering
+# tui -> screens -> widgets -> backup and the core free of Textual (import-linter; pyproject.toml).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: venv sysdeps
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)

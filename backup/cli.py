@@ -17,10 +17,10 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from backup import __version__
-from backup.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_config, resolve_config_path
+from backup.config import CONFIG_ENV, Config, DEFAULT_CONFIG_PATH, load_config, resolve_config_path
 from backup.errors import BackupError, ConfigError, ExitCode
 from backup.humanize import ago, human_bytes, printable
 from backup.journal import RunRecord
@@ -119,10 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+Console = Callable[[Config, argparse.Namespace], int]
+"""Opens the console on a configuration (tui.program passes it: the core does not know the console)."""
+
+
+def main(argv: list[str] | None = None, *, console: Console | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(dispatch(args) or ExitCode.OK)
+        return int(dispatch(args, console) or ExitCode.OK)
     except BackupError as exc:
         print(f"{PROG}: {printable(exc.message)}", file=sys.stderr)
         return int(exc.exit_code)
@@ -167,14 +171,15 @@ def keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
-def dispatch(args: argparse.Namespace) -> int | None:
+def dispatch(args: argparse.Namespace, console: Console | None = None) -> int | None:
     if args.command == "demo":
         return cmd_demo(args)
     config = load_config(resolve_config_path(args.config))
     if args.command is None:
-        from tui.app import run_console  # Textual is imported only for the console
-
-        return run_console(config, theme=args.theme, operator=args.operator)
+        if console is None:
+            raise ConfigError("Give a command (see --help): this entry point has no console; "
+                             "run `appliance-backup` without one to open it.")
+        return console(config, args)
     service = BackupService(config, operator=args.operator)
     try:
         service.access()  # an --operator with more rights than the login is refused, whatever the command
@@ -294,22 +299,10 @@ def cmd_verify(service: BackupService, args: argparse.Namespace) -> int:
                                     cancel=cancel)
         finally:
             line.close()
-    print(f"{printable(result.name)}: OK ({verified_sentence(result)})")
+    print(f"{printable(result.name)}: OK ({result.proved()})")
     if not result.recorded:
-        print(f"{PROG}: {NOT_RECORDED}", file=sys.stderr)
+        print(f"{PROG}: {result.NOT_RECORDED}", file=sys.stderr)
     return ExitCode.OK
-
-
-NOT_RECORDED = "not recorded in the run journal: this operator may only look, and a recorded verification " \
-               "keeps a backup from retention."
-
-
-def verified_sentence(result: VerifyResult) -> str:
-    """What a successful verify proved, in the words the CLI and the console both use."""
-    if result.deep:
-        return f"{result.files} files, {human_bytes(result.bytes)} decrypted, decompressed and checked against their SHA-256"
-    return (f"all {human_bytes(result.bytes)} authenticated, every chunk intact and in order; "
-            f"{result.files} files listed in its manifest")
 
 
 def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:

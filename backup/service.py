@@ -22,7 +22,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, ClassVar, Iterator
 
 import zstandard
 
@@ -167,6 +167,17 @@ class VerifyResult:
     deep: bool = False
     recorded: bool = True
     """Journalled (Backup Details' last verification, retention's newest verified backup); not for a look-only operator."""
+
+    NOT_RECORDED: ClassVar[str] = ("not recorded in the run journal: this operator may only look, and a recorded "
+                                   "verification keeps a backup from retention.")
+
+    def proved(self) -> str:
+        """What this verification proved, in the words the command and the console both use."""
+        if self.deep:
+            return (f"{self.files} files, {human_bytes(self.bytes)} decrypted, decompressed and checked against "
+                    "their SHA-256")
+        return (f"all {human_bytes(self.bytes)} authenticated, every chunk intact and in order; "
+                f"{self.files} files listed in its manifest")
 
 
 @dataclass(frozen=True)

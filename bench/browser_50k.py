@@ -137,7 +137,7 @@ def main() -> None:
 
 
 def console(config) -> BackupConsole:
-    return BackupConsole(config, service=BackupService(config), refresh_interval=None, blink_cursor=False)
+    return BackupConsole(config, service=BackupService(config), refresh_interval=None)
 
 
 def run_nfs(config, root: Path, entries: int) -> dict[str, float]:

@@ -8,9 +8,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from backup.operators import Access
+from widgets.console import ConsoleHandle
 
 
-class ConsoleScreen(Screen):
+class ConsoleScreen(ConsoleHandle, Screen):
     """Base of the mode screens. Subclasses give SCREEN_TITLE and compose_body()."""
 
     SCREEN_TITLE = ""
@@ -18,7 +19,7 @@ class ConsoleScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(f"appliance-backup | {self.SCREEN_TITLE}", id="title-bar", markup=False)
         yield from self.compose_body()
-        yield Footer(show_command_palette=not self.app.serial)
+        yield Footer(show_command_palette=not self.console.serial)
 
     def compose_body(self) -> ComposeResult:
         yield from ()

@@ -19,8 +19,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Static
 
 from backup.config import Config
-from tui.format import printable
-from tui.messages import Concealed
+from widgets.format import printable
+from widgets.messages import Concealed
 from widgets.secret_input import SecretInput
 
 
@@ -55,15 +55,13 @@ class _Dialog(ModalScreen):
 class ConfirmRestoreScreen(_Dialog):
     """Dismisses a RestoreConfirmed, or None when the operator keeps the current state."""
 
-    def __init__(self, name: str, config: Config, *, ask_dms: bool, blink_cursor: bool = True,
-                 foreign: str | None = None) -> None:
+    def __init__(self, name: str, config: Config, *, ask_dms: bool, foreign: str | None = None) -> None:
         super().__init__()
         self.foreign = foreign
         """The sentence naming the other appliance the backup is from (backup.service.foreign_note), if it is."""
         self.backup_name = name
         self.config = config
         self.ask_dms = ask_dms
-        self.blink_cursor = blink_cursor
 
     def compose(self) -> ComposeResult:
         with Vertical(id="restore-dialog", classes="dialog"):
@@ -74,9 +72,7 @@ class ConfirmRestoreScreen(_Dialog):
             if self.ask_dms:
                 yield Static("This appliance's Domain Master Secret does not open this backup: "
                              "give the DMS it was made with.", classes="note", markup=False)
-                field = SecretInput(id="restore-dms", placeholder="the backup's DMS", compact=True)
-                field.cursor_blink = self.blink_cursor
-                yield field
+                yield SecretInput(id="restore-dms", placeholder="the backup's DMS", compact=True)
                 yield Static("", id="restore-error", classes="form-error", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button("Keep the current state", id="cancel", variant="primary", compact=True)
@@ -135,19 +131,16 @@ class ConfirmDeleteScreen(_Dialog):
 class PassphraseScreen(_Dialog):
     """Asks for the DMS a backup was made with (to verify a backup of another appliance)."""
 
-    def __init__(self, name: str, *, blink_cursor: bool = True) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
         self.backup_name = name
-        self.blink_cursor = blink_cursor
 
     def compose(self) -> ComposeResult:
         with Vertical(id="passphrase-dialog", classes="dialog"):
             yield Static("Domain Master Secret of this backup", classes="section-title")
             yield Static(f"This appliance's DMS does not open {printable(self.backup_name)}: give the DMS it was made with.",
                          markup=False)
-            field = SecretInput(id="backup-dms", placeholder="the backup's DMS", compact=True)
-            field.cursor_blink = self.blink_cursor
-            yield field
+            yield SecretInput(id="backup-dms", placeholder="the backup's DMS", compact=True)
             with Horizontal(classes="buttons"):
                 yield Button("Cancel", id="cancel", compact=True)
                 yield Button("Verify", id="ok", variant="primary", compact=True)

@@ -13,7 +13,7 @@ from backup.retention import RetentionPolicy, parse_retention
 from backup.schedule import Schedule, parse_schedule
 from backup.secret import SecretInfo
 from screens.base import FormScreen
-from tui.messages import (
+from widgets.messages import (
     SecretChecked,
     SecretCheckRequested,
     SecretSet,
@@ -26,7 +26,6 @@ from widgets.schedule_editor import ScheduleEditor
 from widgets.secret_form import SecretForm, show_sentence
 
 
-
 class SettingsScreen(FormScreen):
     """Mode "settings" (key 2). Nothing is focused on arrival, so the plain keys 1/2/3/b/q work;
     Tab enters the fields and Esc leaves them.
@@ -35,21 +34,18 @@ class SettingsScreen(FormScreen):
     SCREEN_TITLE = "Settings"
 
     def compose_body(self) -> ComposeResult:
-        blink = self.app.blink_cursor
         with VerticalScroll(id="settings-body", can_focus=False):
             yield self.access_note()
             yield Static("Backup Protection", classes="section-title")
-            yield SecretForm(blink_cursor=blink, id="secret-form")
+            yield SecretForm(id="secret-form")
             yield Static("Backup Filename", classes="section-title")
             with Horizontal(classes="form-row"):
                 yield Static("Filename prefix", classes="form-label")
-                prefix = Input(self.app.config.prefix, id="prefix", placeholder="optional, e.g. site-a",
-                               max_length=32, compact=True)
-                prefix.cursor_blink = blink
-                yield prefix
+                yield Input(self.console.config.prefix, id="prefix", placeholder="optional, e.g. site-a",
+                            max_length=32, compact=True)
             yield Static("", id="prefix-error", classes="form-error", markup=False)
             yield Static("Schedule and Retention", classes="section-title")
-            yield ScheduleEditor(blink_cursor=blink, id="schedule-editor")
+            yield ScheduleEditor(id="schedule-editor")
             yield Button("Save Settings", id="save", variant="primary", compact=True)
             yield Static("", id="save-result", classes="form-result", markup=False)
 
@@ -58,7 +54,7 @@ class SettingsScreen(FormScreen):
             show_sentence(self.query_one(selector, Static), "")
         self.watch(self.app, "secret", self._show_secret)
         self.watch_access()
-        self._load_schedule(self.app.config)
+        self._load_schedule(self.console.config)
 
     def _load_schedule(self, config: Config) -> None:
         editor = self.query_one(ScheduleEditor)
@@ -71,25 +67,25 @@ class SettingsScreen(FormScreen):
             retention = parse_retention(config.raw, config.path)
         except ConfigError as exc:
             retention, problem = RetentionPolicy(), problem or exc.message
-        editor.load(schedule, retention, now=self.app.clock(), tz=self.app.schedule_tz)
+        editor.load(schedule, retention, now=self.console.clock(), tz=self.console.schedule_tz)
         if problem:
             editor.show_problem(problem)
 
     def _show_secret(self, info: SecretInfo | None) -> None:
-        self.query_one(SecretForm).show(info, self.app.clock())
+        self.query_one(SecretForm).show(info, self.console.clock())
 
     # ------------------------------------------------------------ the secret
 
     @on(SecretSubmitted)
     def _set_secret(self, message: SecretSubmitted) -> None:
         message.stop()
-        self.app.set_secret(message.passphrase, self)
+        self.console.set_secret(message.passphrase, self)
 
     @on(SecretSet)
     def _secret_set(self, message: SecretSet) -> None:
         form = self.query_one(SecretForm)
         form.show_error("")
-        form.show(message.info, self.app.clock())
+        form.show(message.info, self.console.clock())
         self.set_focus(None)
 
     @on(SecretSetFailed)
@@ -99,7 +95,7 @@ class SettingsScreen(FormScreen):
     @on(SecretCheckRequested)
     def _check_secret(self, message: SecretCheckRequested) -> None:
         message.stop()
-        self.app.check_secret(message.passphrase, self)
+        self.console.check_secret(message.passphrase, self)
 
     @on(SecretChecked)
     def _checked(self, message: SecretChecked) -> None:
@@ -130,7 +126,7 @@ class SettingsScreen(FormScreen):
             show_sentence(result, "Nothing was saved: correct the fields marked above.")
             return
         show_sentence(result, "Saving...")
-        self.app.save_settings({"backup": {"prefix": prefix}, **changes}, self)
+        self.console.save_settings({"backup": {"prefix": prefix}, **changes}, self)
 
     @on(SettingsSaved)
     def _saved(self, message: SettingsSaved) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from backup.progress import Progress
 from backup.humanize import ago
+from backup.progress import Progress
 from backup.service import StatusReport
 from backup.verifyjob import status_line as verify_job_line
 from screens.base import ConsoleScreen
@@ -39,7 +39,7 @@ class StatusScreen(ConsoleScreen):
     SCREEN_TITLE = "Status"
 
     def compose_body(self) -> ComposeResult:
-        glyphs = self.app.glyphs
+        glyphs = self.console.glyphs
         yield Static("Backup Status Information", classes="section-title")
         yield StatusTable(id="status-table")
         yield Static("", id="interrupted-restore", markup=False)
@@ -67,8 +67,8 @@ class StatusScreen(ConsoleScreen):
     def _show_report(self, report: StatusReport | None) -> None:
         if report is None:
             return
-        now = self.app.clock()
-        self.query_one(StatusTable).show(report, now, running_here=self.app.backup_running)
+        now = self.console.clock()
+        self.query_one(StatusTable).show(report, now, running_here=self.console.backup_running)
         self.query_one(RecentRuns).show(report.recent, now)
         sizes = [r.size for r in reversed(report.recent) if r.result == "ok" and r.size is not None]
         self.query_one(SizeTrend).sizes = tuple(sizes[-30:])
@@ -93,8 +93,8 @@ class StatusScreen(ConsoleScreen):
         self.query_one("#verify-job").display = bool(job)
         failed = report.last_verify_job is not None and report.last_verify_job.result != "ok"
         self.query_one("#verify-job").set_class(failed, "failing")
-        self._show_notice(self.app.notice)
-        if not self.app.backup_running:
+        self._show_notice(self.console.notice)
+        if not self.console.backup_running:
             # A run of another process (the scheduler, `appliance-backup run`): its published progress.
             other = progress_from(report.progress) if report.running else None
             self.query_one(RunProgress).display = other is not None
@@ -106,13 +106,13 @@ class StatusScreen(ConsoleScreen):
     def _show_running(self, running: bool) -> None:
         self.query_one(RunProgress).display = running
         if running:
-            self.query_one(RunProgress).progress = self.app.progress
-        if self.app.report is not None:
-            self._show_report(self.app.report)
+            self.query_one(RunProgress).progress = self.console.progress
+        if self.console.report is not None:
+            self._show_report(self.console.report)
 
     def _show_notice(self, notice: str) -> None:
         # A refusal the core journaled is already the table's "could not be created" row: say it once.
-        report = self.app.report
+        report = self.console.report
         journaled = report is not None and report.last_failure is not None and report.last_failure.error == notice
         widget = self.query_one("#notice", Static)
         _update(widget, notice)

@@ -23,7 +23,7 @@ from backup.service import StatusReport
 from backup.storage.nfsurl import EXAMPLE, shown_url, validate_nfs_url
 from screens.base import FormScreen
 from screens.storage_browser import BrowseLocation, StorageBrowser, local_location, nfs_location
-from tui.messages import SettingsSaved, SettingsSaveFailed
+from widgets.messages import SettingsSaved, SettingsSaveFailed
 from widgets.secret_form import show_sentence
 
 STORAGE_TYPES = [("None", "none"), ("Network File System (NFS)", "nfs"), ("Local directory", "local")]
@@ -82,7 +82,6 @@ class StorageScreen(FormScreen):
     ]
 
     def compose_body(self) -> ComposeResult:
-        blink = self.app.blink_cursor
         with VerticalScroll(id="storage-body", can_focus=False):
             yield self.access_note()
             yield Static("Storage", classes="section-title")
@@ -92,9 +91,7 @@ class StorageScreen(FormScreen):
             with Vertical(id="nfs-fields", classes="form-group"):
                 with Horizontal(classes="form-row"):
                     yield Static("NFS URL", classes="form-label")
-                    url = Input(id="nfs-url", placeholder=EXAMPLE, compact=True)
-                    url.cursor_blink = blink
-                    yield url
+                    yield Input(id="nfs-url", placeholder=EXAMPLE, compact=True)
                 yield Static("", id="nfs-url-error", classes="form-error", markup=False)
                 with Horizontal(classes="form-row"):
                     yield Static("NFS version", classes="form-label")
@@ -104,9 +101,7 @@ class StorageScreen(FormScreen):
             with Vertical(id="local-fields", classes="form-group"):
                 with Horizontal(classes="form-row"):
                     yield Static("Directory", classes="form-label")
-                    path = Input(id="local-path", placeholder="/srv/appliance-backups", compact=True)
-                    path.cursor_blink = blink
-                    yield path
+                    yield Input(id="local-path", placeholder="/srv/appliance-backups", compact=True)
                 yield Static("", id="local-path-error", classes="form-error", markup=False)
             with Horizontal(classes="form-row"):
                 yield Static("Chosen location", classes="form-label")
@@ -119,7 +114,7 @@ class StorageScreen(FormScreen):
 
     def on_mount(self) -> None:
         show_sentence(self.query_one("#storage-result", Static), "")
-        self.load(self.app.config)
+        self.load(self.console.config)
         self.watch(self.app, "report", self._show_report)
         self.watch_access()
 
@@ -205,7 +200,7 @@ class StorageScreen(FormScreen):
             show_sentence(result, "Nothing was saved: correct the fields marked above.")
             return
         show_sentence(result, "Saving...")
-        self.app.save_settings(self.changes(), self)
+        self.console.save_settings(self.changes(), self)
 
     @on(SettingsSaved)
     def _saved(self, message: SettingsSaved) -> None:

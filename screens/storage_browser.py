@@ -25,16 +25,18 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
-from backup.cli import NOT_RECORDED, verified_sentence
 from backup.config import Config
 from backup.errors import StorageError
 from backup.progress import Progress
 from backup.service import BackupDetails, BackupService, describe, foreign_note, refused_attributes_sentence
 from backup.storage import Entry, Storage, Usage
 from screens.restore import ConfirmDeleteScreen, ConfirmRestoreScreen, PassphraseScreen, RestoreConfirmed
-from tui.messages import (
-    BackupIdentityRead,
+from widgets.backup_details import BackupDetailsView
+from widgets.console import ConsoleHandle
+from widgets.format import printable
+from widgets.messages import (
     BackupDetailsRead,
+    BackupIdentityRead,
     BackupTaskEnded,
     BackupTaskProgressed,
     Concealed,
@@ -44,10 +46,9 @@ from tui.messages import (
     SettingsSaveFailed,
     StorageInfoRead,
 )
-from widgets.backup_details import BackupDetailsView
-from widgets.run_progress import bar, details as progress_details
+from widgets.run_progress import bar
+from widgets.run_progress import details as progress_details
 from widgets.storage_info import StorageInfo
-from tui.format import printable
 from widgets.storage_tree import StorageTree
 
 PAGE_SIZE = 200
@@ -210,7 +211,7 @@ class BrowserCommands(Provider):
         return lambda: screen.run_action(action)
 
 
-class StorageBrowser(ModalScreen[Config | None]):
+class StorageBrowser(ConsoleHandle, ModalScreen[Config | None]):
     """Browse a storage; dismisses the new Config after Use This Location, else None."""
 
     COMMANDS = {BrowserCommands}
@@ -264,7 +265,7 @@ class StorageBrowser(ModalScreen[Config | None]):
                     yield BackupDetailsView(id="backup-details")
                     yield Static("", id="browser-task", markup=False)
                     yield Static("", id="browser-message", markup=False)
-        yield Footer(show_command_palette=not getattr(self.app, "serial", False))
+        yield Footer(show_command_palette=not self.console.serial)
 
     @property
     def storage_tree(self) -> StorageTree:
@@ -366,8 +367,8 @@ class StorageBrowser(ModalScreen[Config | None]):
         """A service on the directory holding `path`, and the backup's name there."""
         directory, name = parent_of(path), PurePosixPath(path).name
         storage = Subdirectory(self.location.storage, directory, self.location.shown(directory))
-        console = self.app.service
-        return BackupService(self.app.config, clock=self.app.clock, storage=storage, operator=console.operator,
+        console = self.console.service
+        return BackupService(self.console.config, clock=self.console.clock, storage=storage, operator=console.operator,
                              login=console.login), name
 
     def select_backup(self, path: str) -> None:
@@ -409,7 +410,7 @@ class StorageBrowser(ModalScreen[Config | None]):
         if details is None:
             view.clear()
         else:
-            view.show(details, self.app.clock())
+            view.show(details, self.console.clock())
         view.display = details is not None
         self.query_one("#details-title").display = details is not None
         self.refresh_bindings()
@@ -467,7 +468,7 @@ class StorageBrowser(ModalScreen[Config | None]):
 
     def _refused(self, what: str) -> bool:
         """Say why a look-only operator may not `what`, before any dialog (the core refuses it too)."""
-        access = getattr(self.app, "access", None)
+        access = self.console.access
         if access is None or access.may_change:
             return False
         self._say(access.refusal(what))
@@ -478,7 +479,7 @@ class StorageBrowser(ModalScreen[Config | None]):
             return
         path = self.storage_tree.path
         self._say(f"Saving {self.location.shown(path)} as the storage location...")
-        self.app.save_settings(self.location.changes(path), self)
+        self.console.save_settings(self.location.changes(path), self)
 
     @on(SettingsSaved)
     def _location_saved(self, message: SettingsSaved) -> None:
@@ -501,7 +502,7 @@ class StorageBrowser(ModalScreen[Config | None]):
             if passphrase is not None:
                 self._start(task, path, passphrase)
 
-        self.app.push_screen(PassphraseScreen(PurePosixPath(path).name, blink_cursor=self.app.blink_cursor), answered)
+        self.app.push_screen(PassphraseScreen(PurePosixPath(path).name), answered)
 
     def action_verify_deep(self) -> None:
         self.action_verify("verify_deep")
@@ -519,9 +520,8 @@ class StorageBrowser(ModalScreen[Config | None]):
             else:  # only now can the manifest say whose backup it is: asked again if another appliance's
                 self.read_identity(path, answer.passphrase)
 
-        self.app.push_screen(ConfirmRestoreScreen(PurePosixPath(path).name, self.app.config,
+        self.app.push_screen(ConfirmRestoreScreen(PurePosixPath(path).name, self.console.config,
                                                   ask_dms=not self.details.opens_with_this_dms,
-                                                  blink_cursor=self.app.blink_cursor,
                                                   foreign=foreign_note(self.details)), answered)
 
     @work(thread=True, exclusive=True, group="browser-identity", exit_on_error=False,
@@ -544,8 +544,8 @@ class StorageBrowser(ModalScreen[Config | None]):
             if answer is not None:
                 self._start("restore", message.path, message.passphrase)
 
-        self.app.push_screen(ConfirmRestoreScreen(PurePosixPath(message.path).name, self.app.config, ask_dms=False,
-                                                  blink_cursor=self.app.blink_cursor, foreign=message.foreign),
+        self.app.push_screen(ConfirmRestoreScreen(PurePosixPath(message.path).name, self.console.config, ask_dms=False,
+                                                  foreign=message.foreign),
                              answered)
 
     def action_delete(self) -> None:
@@ -583,9 +583,9 @@ class StorageBrowser(ModalScreen[Config | None]):
             if task in ("verify", "verify_deep"):
                 result = service.verify(name, deep=task == "verify_deep", passphrase=secret, progress=report,
                                         cancel=cancel)
-                sentence = f"The backup {name} is intact: {verified_sentence(result)}."
+                sentence = f"The backup {name} is intact: {result.proved()}."
                 if not result.recorded:
-                    sentence += f" This verification was {NOT_RECORDED}"
+                    sentence += f" This verification was {result.NOT_RECORDED}"
             elif task == "restore":
                 restored = service.restore(name, passphrase=secret, progress=report, cancel=cancel)
                 sentence = (f"The appliance was restored from {name} ({restored.files} files). "
@@ -607,7 +607,7 @@ class StorageBrowser(ModalScreen[Config | None]):
             return
         progress = message.progress
         width = max(10, self.query_one("#browser-task").size.width - 2)
-        self._task_line(f"{progress.stage or 'Starting'}\n{bar(progress.fraction, width, self.app.glyphs)}\n"
+        self._task_line(f"{progress.stage or 'Starting'}\n{bar(progress.fraction, width, self.console.glyphs)}\n"
                         f"{progress_details(progress)}")
 
     @on(BackupTaskEnded)
@@ -621,9 +621,7 @@ class StorageBrowser(ModalScreen[Config | None]):
         if message.task != "delete" and self.selected == message.path:
             self.load_details(message.path)  # the last verification changed
         if message.task == "restore" and message.ok:
-            refresh = getattr(self.app, "refresh_status", None)
-            if refresh is not None:
-                refresh()
+            self.console.refresh_status()
         self.refresh_bindings()
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 
 from backup.archive import ScryptParams
 from backup.config import Config, load_config
@@ -21,6 +22,16 @@ FAST_KDF = ScryptParams(log2_n=10, r=8, p=1)
 PASSPHRASE = "correct horse battery staple"
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent / "appliance-backup"
+
+
+@pytest.fixture(autouse=True)
+def no_cursor_blink(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fields in the console's tests do not blink: a blinking cursor makes two frames of one state differ.
+
+    The default of Textual's Input.cursor_blink reactive is read when a field first uses it, so every Input
+    made in the test (SecretInput too) starts without blinking; the product keeps Textual's default.
+    """
+    monkeypatch.setattr(Input.__dict__["cursor_blink"], "_default", False)
 
 
 @pytest.fixture

@@ -142,7 +142,7 @@ class TestBackUpNow:
     async def test_a_console_started_by_sudo_for_an_otp_operator(self, config_with_dms):
         config = update_config(config_with_dms, {"operators": {"bob": "otp", getpass.getuser(): "oauth"}})
         service = BackupService(config, kdf_params=FAST_KDF, login=Login("bob", superuser=False))
-        app = BackupConsole(config, service=service, refresh_interval=None, blink_cursor=False, run_schedule=False)
+        app = BackupConsole(config, service=service, refresh_interval=None, run_schedule=False)
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
             await pilot.press("b")

@@ -36,7 +36,7 @@ from backup.payload import PayloadConsumer, walk_payload
 from backup.progress import Tracker
 from tests.test_hostile_backup import tiny_appliance
 from tests.tui_fixtures import FAST_KDF, PASSPHRASE, make_app
-from tui.messages import BackupFailed, BackupFinished
+from widgets.messages import BackupFailed, BackupFinished
 
 ROUNDS = 10
 MIB_BYTES = 1 << 20

@@ -119,7 +119,7 @@ class TestServerStoppedDuringABackup:
         storage = open_nfs_storage(config.storage.url, config.storage.version, timeout=TIMEOUT)
         service = PausingService(config, kdf_params=FAST_KDF, storage=storage)
         service.set_secret(PASSPHRASE)
-        app = BackupConsole(config, service=service, refresh_interval=None, blink_cursor=False, run_schedule=False)
+        app = BackupConsole(config, service=service, refresh_interval=None, run_schedule=False)
         try:
             async with app.run_test(size=SIZE) as pilot:
                 await status_settled(pilot)

@@ -21,9 +21,9 @@ from screens.dialogs import ConfirmQuitScreen, HelpScreen
 from screens.settings import SettingsScreen
 from screens.status import StatusScreen
 from screens.storage import StorageScreen
-from tui import profile
+from widgets import profile
 from tui.app import ANSI_THEME, BackupConsole
-from tui.messages import Concealed
+from widgets.messages import Concealed
 from tui_fixtures import (  # noqa: F401 - fixtures
     FAST_KDF, FIXED_NOW, PASSPHRASE, config, config_with_dms, demo_template, fixed_clock, make_app, screen_text,
 )
@@ -374,7 +374,7 @@ async def test_the_status_is_not_reread_every_2_s_while_this_consoles_backup_run
     reads = []
     real_status = service.status
     service.status = lambda **kw: reads.append(1) or real_status(**kw)  # counts; the status is real
-    app = BackupConsole(config_with_dms, service=service, refresh_interval=0.05, blink_cursor=False)
+    app = BackupConsole(config_with_dms, service=service, refresh_interval=0.05)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.3)
         assert len(reads) >= 3  # the timer reads it while idle
@@ -396,7 +396,7 @@ async def test_the_status_is_not_reread_every_2_s_while_this_consoles_backup_run
 class TestQuitDuringBackup:
     def _app(self, config):
         service = GatedService(config, kdf_params=FAST_KDF)
-        return BackupConsole(config, service=service, refresh_interval=None, blink_cursor=False), service
+        return BackupConsole(config, service=service, refresh_interval=None), service
 
     async def test_quit_asks_and_keep_running_keeps_it(self, config_with_dms):
         app, service = self._app(config_with_dms)

@@ -42,7 +42,7 @@ def make_app(config: Config, *, clock=None, fixed_storage: bool = False, serial:
     service = BackupService(config, kdf_params=FAST_KDF, storage=storage,
                             **({"clock": clock} if clock is not None else {}))
     return BackupConsole(config, service=service, clock=clock, serial=serial, theme=theme,
-                         refresh_interval=None, blink_cursor=False, run_schedule=run_schedule)
+                         refresh_interval=None, run_schedule=run_schedule)
 
 
 def write_history(config: Config, now: datetime = FIXED_NOW) -> None:

@@ -2,7 +2,7 @@
 
 The App holds the modes (Status, Settings, Storage), the global plain-key
 bindings, the theme, and the worker wiring: every call into the core runs on
-a thread worker and comes back as a message from tui.messages. The latest
+a thread worker and comes back as a message from widgets.messages. The latest
 state lives in `var`s on the App that the screens watch, so a screen that is
 not shown keeps up to date without asking the core itself.
 """
@@ -15,8 +15,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from pathlib import Path
 from datetime import datetime, tzinfo
+from pathlib import Path
 from typing import Any
 
 from textual import on, work
@@ -29,9 +29,9 @@ from textual.screen import ModalScreen, Screen
 from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.theme import BUILTIN_THEMES
 
+from backup import verifyjob
 from backup.archive import ScryptParams
 from backup.config import Config
-from backup import verifyjob
 from backup.daemon import due_now, first_baseline
 from backup.errors import DmsNotSetError, LockHeldError, OperatorRefusedError, SlotAlreadyDoneError
 from backup.operators import Access
@@ -41,15 +41,15 @@ from backup.secret import SecretInfo
 from backup.service import BackupService, StatusReport, describe, local_now
 from screens.dialogs import ConfirmQuitScreen, HelpScreen
 from screens.status import StatusScreen
-from tui import profile
-from tui.messages import (
+from widgets import profile
+from widgets.messages import (
     AlertsTested,
-    Concealed,
     BackupFailed,
     BackupFinished,
     BackupProgressed,
     BackupStarted,
     BackupTaskEnded,
+    Concealed,
     OperatorAccessRead,
     SecretChecked,
     SecretSet,
@@ -135,7 +135,6 @@ class BackupConsole(App[int]):
         serial: bool | None = None,
         theme: str | None = None,
         refresh_interval: float | None = 2.0,
-        blink_cursor: bool = True,
         run_schedule: bool = True,
         operator: str | None = None,
     ) -> None:
@@ -147,7 +146,6 @@ class BackupConsole(App[int]):
             serial: Serial-console profile (ANSI theme, ASCII glyphs); from $TERM when None.
             theme: A theme name to start with; "ansi" on a serial console, else Textual's default.
             refresh_interval: Seconds between status refreshes; None turns the timer off (tests).
-            blink_cursor: False keeps snapshots stable.
             run_schedule: Also run scheduled backups that fall due while the console is open.
             operator: `--operator`, when the service is made here (see backup.operators: the
                 operator is the login unless a login with at least their rights names them).
@@ -161,7 +159,6 @@ class BackupConsole(App[int]):
         """Zone of schedule times (with DST rules); None follows the injected clock's zone (tests)."""
         self.glyphs = profile.glyphs_for(self.serial)
         self.refresh_interval = refresh_interval
-        self.blink_cursor = blink_cursor
         self._cancel = threading.Event()
         self._job_cancel = threading.Event()
         """Stops a scheduled verify job this console runs (on quit)."""

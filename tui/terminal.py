@@ -26,7 +26,6 @@ import re
 from typing import IO, NamedTuple
 
 from rich.cells import get_character_cell_size
-
 from textual.drivers.linux_driver import LinuxDriver
 
 

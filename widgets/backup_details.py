@@ -13,7 +13,7 @@ from textual.widgets import Static
 
 from backup.journal import RunRecord
 from backup.service import BackupDetails
-from tui.format import human_bytes, timestamp
+from widgets.format import human_bytes, timestamp
 from widgets.storage_info import info_table
 
 COMPONENT_LABELS = {"firmware": "Firmware config", "system": "System config", "database": "Internal database"}

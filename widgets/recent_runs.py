@@ -10,8 +10,8 @@ from textual.widget import Widget
 from textual.widgets import DataTable
 
 from backup.journal import RunRecord
-from tui.format import duration, human_bytes, timestamp
-from tui.profile import ASCII, Glyphs
+from widgets.format import duration, human_bytes, timestamp
+from widgets.profile import ASCII, Glyphs
 
 RESULT_WORDS = {"ok": "ok", "failed": "FAILED", "interrupted": "interrupted"}
 

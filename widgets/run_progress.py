@@ -7,8 +7,8 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from backup.progress import Progress
-from tui.format import duration, human_bytes
-from tui.profile import ASCII, Glyphs
+from widgets.format import duration, human_bytes
+from widgets.profile import ASCII, Glyphs
 
 
 def bar(fraction: float | None, width: int, glyphs: Glyphs = ASCII) -> str:

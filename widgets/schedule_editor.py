@@ -19,7 +19,7 @@ from backup.errors import ConfigError
 from backup.retention import KEYS as RETENTION_KEYS
 from backup.retention import MAX_KEEP, RetentionPolicy
 from backup.schedule import DEFAULT_CRON, Schedule, describe, next_runs, normalize_cron, preset_cron, validate_cron
-from tui.format import timestamp
+from widgets.format import timestamp
 from widgets.secret_form import show_sentence
 
 PREVIEW_RUNS = 3
@@ -56,9 +56,8 @@ class ScheduleEditor(Vertical):
     ScheduleEditor #schedule-preview { color: $text-muted; padding: 0 1; }
     """
 
-    def __init__(self, *, blink_cursor: bool = True, **kwargs) -> None:
+    def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.blink_cursor = blink_cursor
         self.now: datetime | None = None
         self.tz: tzinfo | None = None
 
@@ -85,8 +84,6 @@ class ScheduleEditor(Vertical):
         yield Static("", id="retention-error", classes="form-error", markup=False)
 
     def on_mount(self) -> None:
-        for field in self.query(Input):
-            field.cursor_blink = self.blink_cursor
         show_sentence(self.query_one("#schedule-error", Static), "")
         show_sentence(self.query_one("#retention-error", Static), "")
 

@@ -14,8 +14,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Static
 
 from backup.secret import MIN_LENGTH, SecretInfo, validate_passphrase
-from tui.format import timestamp
-from tui.messages import Concealed, SecretCheckRequested, SecretSubmitted
+from widgets.format import timestamp
+from widgets.messages import Concealed, SecretCheckRequested, SecretSubmitted
 from widgets.secret_input import SecretInput
 
 REMINDER = ("Keep a copy of it in a safe place: restoring a backup on another appliance needs it, "
@@ -44,9 +44,8 @@ class SecretForm(Vertical):
     SecretForm Button { margin: 0 1; }
     """
 
-    def __init__(self, *, blink_cursor: bool = True, **kwargs) -> None:
+    def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.blink_cursor = blink_cursor
         self.info: SecretInfo | None = None
 
     def compose(self) -> ComposeResult:
@@ -71,8 +70,6 @@ class SecretForm(Vertical):
             yield Static("", id="check-result", classes="form-result", markup=False)
 
     def on_mount(self) -> None:
-        for field in self.query(Input):
-            field.cursor_blink = self.blink_cursor
         self.show(None, None)
         self.show_error("")
         self.show_check_result("")

@@ -9,8 +9,10 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Input
 
+from widgets.console import ConsoleHandle
 
-class SecretInput(Input):
+
+class SecretInput(ConsoleHandle, Input):
     """An Input with password=True; `*` for each character when the app runs the serial profile."""
 
     def __init__(self, **kwargs) -> None:
@@ -18,6 +20,6 @@ class SecretInput(Input):
 
     @property
     def _value(self) -> Text:  # Textual 8.2's hook for the rendered value (pinned in requirements.lock)
-        if self.password and getattr(self.app, "serial", False):
+        if self.password and self.console.serial:
             return Text("*" * len(self.value), no_wrap=True, overflow="ignore", end="")
         return super()._value

@@ -9,7 +9,7 @@ from textual.containers import Grid
 from textual.widgets import Static
 
 from backup.service import StatusReport
-from tui.format import printable, timestamp, when_and_ago
+from widgets.format import printable, timestamp, when_and_ago
 
 ROWS = (
     ("state", "Current Backup Status"),

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from backup.storage import Usage
-from tui.format import human_bytes, printable
+from widgets.format import human_bytes, printable
 
 
 def permissions(readable: bool, writable: bool) -> str:

@@ -11,8 +11,8 @@ Icons are plain ASCII ("[D]", "[F]", "[B]") for serial consoles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,7 +26,7 @@ from textual.strip import Strip
 
 from backup.humanize import printable
 from backup.storage import Entry
-from tui.format import human_bytes
+from widgets.format import human_bytes
 
 UP = ".."
 """The first row of every directory below the top: one level up."""
