@@ -26,8 +26,9 @@ import io
 import secrets
 import struct
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Final
+from typing import TYPE_CHECKING, BinaryIO, Final, NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -36,6 +37,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from backup.errors import BackupError, IntegrityError, NotABackupError, WrongDmsError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = [
     "AES_256_GCM",
@@ -71,7 +75,7 @@ AES_256_GCM: Final = "aes-256-gcm"
 CHACHA20_POLY1305: Final = "chacha20-poly1305"
 _CIPHER_IDS: Final = {AES_256_GCM: 1, CHACHA20_POLY1305: 2}
 _CIPHER_NAMES: Final = {number: name for name, number in _CIPHER_IDS.items()}
-_AEAD_CLASSES: Final = {AES_256_GCM: AESGCM, CHACHA20_POLY1305: ChaCha20Poly1305}
+_AEAD_CLASSES: Final[dict[str, type[AESGCM] | type[ChaCha20Poly1305]]] = {AES_256_GCM: AESGCM, CHACHA20_POLY1305: ChaCha20Poly1305}
 _KDF_SCRYPT: Final = 1
 
 MIN_CHUNK_SIZE: Final = 4 * 1024
@@ -718,7 +722,7 @@ class ArchiveReader(io.BufferedIOBase):
                 "the backup was made with. Check it, or enter the DMS of the appliance that "
                 "created the backup."
             )
-        elif kek.salt != header.salt or kek.params != header.params:
+        elif kek is not None and (kek.salt != header.salt or kek.params != header.params):
             wrong = (
                 "This appliance's Domain Master Secret does not open this backup: the backup "
                 "was made with a different DMS (its key-derivation salt or parameters differ "
@@ -833,7 +837,7 @@ class ArchiveReader(io.BufferedIOBase):
             self._start = self._end
         return b"".join(parts)
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:
+    def readinto(self, buffer: Buffer) -> int:
         """Fill `buffer` with authenticated plaintext; short only at the end of the payload."""
         self._check_readable()
         target = memoryview(buffer)
@@ -851,7 +855,7 @@ class ArchiveReader(io.BufferedIOBase):
         self._position += done
         return done
 
-    def readinto1(self, buffer: bytearray | memoryview) -> int:
+    def readinto1(self, buffer: Buffer) -> int:
         """Fill `buffer` from at most one chunk."""
         self._check_readable()
         target = memoryview(buffer)
@@ -887,7 +891,7 @@ class ArchiveReader(io.BufferedIOBase):
         self._position += skipped
         return skipped
 
-    def detach(self) -> BinaryIO:
+    def detach(self) -> NoReturn:
         raise io.UnsupportedOperation("an ArchiveReader cannot be detached")
 
     def _check_readable(self) -> None:

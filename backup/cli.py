@@ -15,12 +15,13 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, NoReturn
 
 from backup import __version__
-from backup.config import CONFIG_ENV, Config, DEFAULT_CONFIG_PATH, load_config, resolve_config_path
+from backup.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, load_config, resolve_config_path
 from backup.errors import BackupError, ConfigError, ExitCode
 from backup.humanize import ago, human_bytes, printable
 from backup.journal import RunRecord
@@ -28,7 +29,13 @@ from backup.progress import Progress
 from backup.schedule import Schedule, local_now, next_runs, preset_cron, validate_cron
 from backup.schedule import describe as describe_cron
 from backup.secret import read_passphrase_file, validate_passphrase
-from backup.service import BackupService, StatusReport, VerifyResult, describe, foreign_note, refused_attributes_sentence
+from backup.service import (
+    BackupService,
+    StatusReport,
+    describe,
+    foreign_note,
+    refused_attributes_sentence,
+)
 from backup.verifyjob import status_line as verify_job_line
 
 PROG = "appliance-backup"
@@ -52,7 +59,7 @@ OPERATOR_HELP = ("who acts (default: the login: the user running the command, or
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own exit code 2 matches ours
+    def error(self, message: str) -> NoReturn:  # argparse's own exit code 2 matches ours
         self.print_usage(sys.stderr)
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
@@ -110,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     schedule_sub.add_parser("disable", help="turn scheduled backups off (the cron expression is kept)")
     p = sub.add_parser("notify", help="alerts of [notify]: send a test to every target")
     notify_sub = p.add_subparsers(dest="notify_command", metavar="ACTION", required=True, parser_class=_Parser)
-    s = notify_sub.add_parser("test", help="send a test alert to every target now and say what each answered "
-                                           "(exit 1 when one failed)")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    test = notify_sub.add_parser("test", help="send a test alert to every target now and say what each answered "
+                                              "(exit 1 when one failed)")
+    test.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("daemon", help="run scheduled backups until stopped (for systemd; logs to stdout)")
     p = sub.add_parser("demo", help="create a self-contained demo appliance")
     p.add_argument("dir", metavar="DIR", nargs="?", default="demo-appliance")
@@ -339,8 +346,8 @@ def cmd_restore(service: BackupService, args: argparse.Namespace) -> int:
           f"The previous state is kept in {printable(str(result.rollback_dir))}.")
     if result.warnings:
         print(f"Warning: {refused_attributes_sentence(result.warnings, listed=False)} They are:")
-        for line in result.warnings[:REFUSED_LISTED]:
-            print(f"  {printable(line)}")
+        for refused in result.warnings[:REFUSED_LISTED]:
+            print(f"  {printable(refused)}")
         if len(result.warnings) > REFUSED_LISTED:
             print(f"  and {len(result.warnings) - REFUSED_LISTED} more (the journal names the first ones too)")
     return ExitCode.OK

@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from backup.errors import BackupError, ConfigError, ExitCode, InterruptedRunError, LockHeldError, SlotAlreadyDoneError
 from backup import verifyjob
+from backup.errors import BackupError, ConfigError, ExitCode, InterruptedRunError, LockHeldError, SlotAlreadyDoneError
 from backup.inhibit import Inhibitor, shutdown_inhibitor
 from backup.schedule import (
     Schedule,
@@ -60,6 +60,9 @@ class ScheduledService(Protocol):
 
     def run_backup(self, *, progress: Any = None, cancel: threading.Event | None = None,
                    slot: datetime | None = None, catch_up: bool = False) -> Any: ...
+
+    def run_verify_job(self, *, slot: datetime, catch_up: bool = False,
+                       cancel: threading.Event | None = None) -> Any: ...
 
 
 def log_line(priority: int, message: str) -> str:

@@ -16,6 +16,7 @@ on: the status records "no shutdown inhibitor available: <reason>".
 
 from __future__ import annotations
 
+import os
 import selectors
 import shutil
 import subprocess
@@ -97,7 +98,7 @@ def _wait_until_held(proc: subprocess.Popen[bytes], program: str, timeout: float
             left = deadline - time.monotonic()
             if left <= 0 or not selector.select(left):
                 return Inhibitor(False, f"{program} did not get the lock within {timeout:g} s")
-            chunk = proc.stdout.read1(64)
+            chunk = os.read(proc.stdout.fileno(), 64)
             if not chunk:
                 break
             line += chunk

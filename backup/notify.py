@@ -29,12 +29,13 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from backup.errors import BackupError, ConfigError
 from backup.fsutil import atomic_write_text, ensure_private_dir
@@ -145,7 +146,7 @@ class Alert:
                 "what_to_do": WHAT_TO_DO.get(self.event, "")}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Alert":
+    def from_json(cls, data: dict[str, Any]) -> Alert:
         return cls(appliance=data["appliance"], event=data["event"], at=datetime.fromisoformat(data["time"]),
                    name=data.get("name"), error=data.get("error"))
 
@@ -205,18 +206,22 @@ def _parse_target(kind: str, table: dict[str, Any], path: Path) -> Target:
             raise ConfigError(f"{where} {key} is not a setting of [notify.{kind}]: use " + ", ".join(keys)
                               + ", or remove the line.")
 
-    def string(key: str, required: bool = True) -> str | None:
+    def optional(key: str) -> str | None:
         if key not in table:
-            if required:
-                raise ConfigError(f"{where} {key} is missing: add it.")
             return None
         value = table[key]
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where} {key} must be a non-empty string in quotes, not {value!r}.")
         return value
 
+    def string(key: str) -> str:
+        value = optional(key)
+        if value is None:
+            raise ConfigError(f"{where} {key} is missing: add it.")
+        return value
+
     def file(key: str) -> Path | None:
-        value = string(key, required=False)
+        value = optional(key)
         if value is None:
             return None
         if not os.path.isabs(value):
@@ -234,7 +239,7 @@ def _parse_target(kind: str, table: dict[str, Any], path: Path) -> Target:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
         raise ConfigError(f"{where} timeout_seconds must be a number of seconds above 0 and at most 300 "
                           f"(without quotes), not {timeout!r}.")
-    common = {"kind": kind, "events": tuple(events), "timeout": float(timeout)}
+    common: dict[str, Any] = {"kind": kind, "events": tuple(events), "timeout": float(timeout)}
     if kind == "email":
         smtp = string("smtp")
         problem = _smtp_problem(smtp)
@@ -249,7 +254,7 @@ def _parse_target(kind: str, table: dict[str, Any], path: Path) -> Target:
         sender = string("from")
         if "@" not in sender or "\n" in sender:
             raise ConfigError(f"{where} from must be an email address, not {sender!r}.")
-        user, password_file = string("user", required=False), file("password_file")
+        user, password_file = optional("user"), file("password_file")
         if (user is None) != (password_file is None):
             raise ConfigError(f"{where}: set user and password_file together (or neither).")
         return Target(smtp=smtp, sender=sender, recipients=tuple(recipients), user=user,
@@ -364,7 +369,7 @@ def send(target: Target, alert: Alert) -> str:
                             "ca_file to the CA that signed it") from None
     except ssl.SSLError as exc:
         raise DeliveryError(f"TLS with {target.where} failed ({exc.reason or exc})") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise DeliveryError(f"no answer from {target.where} within {target.timeout:g} s") from None
     except ConnectionRefusedError:
         raise DeliveryError(f"{target.where} refused the connection (nothing listens there)") from None
@@ -389,8 +394,8 @@ def send(target: Target, alert: Alert) -> str:
             raise DeliveryError(f"no answer from {target.where} within {target.timeout:g} s") from None
         if isinstance(reason, ConnectionRefusedError):
             raise DeliveryError(f"{target.where} refused the connection (nothing listens there)") from None
-        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
-        raise DeliveryError(f"{target.where} could not be reached ({text})") from None
+        why = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+        raise DeliveryError(f"{target.where} could not be reached ({why})") from None
     except OSError as exc:
         raise DeliveryError(f"{target.where} could not be reached ({exc.strerror or exc})") from None
 
@@ -463,7 +468,7 @@ SEVERITY = {"backup_succeeded": 6, "restore_done": 6, TEST_EVENT: 6}
 def syslog_message(alert: Alert) -> bytes:
     """The RFC 5424 message: <PRI>1 TIMESTAMP HOST APP PROCID MSGID - MSG."""
     pri = SYSLOG_FACILITY_DAEMON * 8 + SEVERITY.get(alert.event, 3)
-    stamp = alert.at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = alert.at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     host = (socket.gethostname() or "-").split()[0][:255] or "-"
     text = f"{alert.subject}: " + " ".join(alert.text().split("\n")[2:]).strip()
     text = " ".join(text.split())
@@ -521,7 +526,7 @@ class AlertQueue:
         for target in self.config.wanting(alert.event):
             item = {"target": target.kind, "alert": alert.to_json(), "attempts": 0,
                     "next_at": self.clock().isoformat()}
-            stamp = alert.at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
+            stamp = alert.at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%f")
             try:
                 ensure_private_dir(self.queue_dir)
                 atomic_write_text(self.queue_dir / f"{stamp}-{secrets.token_hex(3)}-{target.kind}.json",
@@ -623,7 +628,9 @@ class AlertQueue:
     def _record(self, target: Target, alert: Alert, ok: bool, said: str, gave_up: bool = False) -> None:
         now = self.clock()
         health = self._read_json(self.health_path)
-        entry = health.get(target.kind) if isinstance(health.get(target.kind), dict) else {}
+        entry: dict = health.get(target.kind) or {}
+        if not isinstance(entry, dict):
+            entry = {}
         if ok:
             entry = {"last_ok_at": now.isoformat(), "failing_since": None, "last_error": None}
         else:
@@ -666,7 +673,9 @@ class AlertQueue:
             pass
         result = []
         for target in self.config.targets:
-            entry = data.get(target.kind) if isinstance(data.get(target.kind), dict) else {}
+            entry: dict = data.get(target.kind) or {}
+            if not isinstance(entry, dict):
+                entry = {}
             failing = _time(entry.get("failing_since"))
             result.append(TargetHealth(target=target.kind, where=target.where, ok=failing is None,
                                        last_ok_at=_time(entry.get("last_ok_at")), failing_since=failing,

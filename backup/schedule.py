@@ -34,7 +34,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -48,7 +48,7 @@ DEFAULT_CRON = "0 2 * * *"
 
 PRESETS = ("daily", "weekly", "monthly")
 
-_FIELDS = (
+_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     # name, low, high, names (value by name)
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
@@ -170,14 +170,15 @@ def _parse_field(index: int, text: str) -> set[int] | str:
         if match["range"] == "*":
             start, end = low, high
         else:
-            start = _value(match["a"], low, high, names)
-            if isinstance(start, str):
-                return f"{start}: {help_text}"
-            end = start
+            first = _value(match["a"], low, high, names)
+            if isinstance(first, str):
+                return f"{first}: {help_text}"
+            start = end = first
             if match["b"] is not None:
-                end = _value(match["b"], low, high, names)
-                if isinstance(end, str):
-                    return f"{end}: {help_text}"
+                last = _value(match["b"], low, high, names)
+                if isinstance(last, str):
+                    return f"{last}: {help_text}"
+                end = last
                 if end < start:
                     return f"the range {element.split('/')[0]!r} runs backwards: write the smaller value first"
             elif match["step"] is not None:
@@ -192,6 +193,14 @@ def _parse_field(index: int, text: str) -> set[int] | str:
         result.discard(7)
         result.add(0)
     return result
+
+
+def _valid_field(index: int, text: str) -> set[int]:
+    """The values of a field already validated."""
+    values = _parse_field(index, text)
+    if isinstance(values, str):
+        raise ValueError(values)
+    return values
 
 
 def _value(token: str, low: int, high: int, names: dict[str, int]) -> int | str:
@@ -267,7 +276,7 @@ def describe(cron: str) -> str:
     days = _describe_days(dom, dow)
     months = ""
     if month != "*":
-        month_set = sorted(_parse_field(3, month))
+        month_set = sorted(_valid_field(3, month))
         months = " in " + _join([calendar.month_name[m] for m in month_set])
     if when.startswith("every") and days == "every day":
         sentence = f"{when}{months}."
@@ -281,10 +290,10 @@ def describe(cron: str) -> str:
 def _describe_days(dom: str, dow: str) -> str:
     parts = []
     if dom != "*":
-        day_set = sorted(_parse_field(2, dom))
+        day_set = sorted(_valid_field(2, dom))
         parts.append("on day " + _join([str(d) for d in day_set]) + " of the month")
     if dow != "*":
-        dow_set = sorted(_parse_field(4, dow))
+        dow_set = sorted(_valid_field(4, dow))
         if dow_set == [1, 2, 3, 4, 5]:
             parts.append("on weekdays (Monday to Friday)")
         else:
@@ -330,7 +339,7 @@ def local_timezone(*, localtime: Path = _LOCALTIME) -> tzinfo:
         localtime: the system's zone file (a parameter so tests need not read the real one).
     """
     if os.environ.get("TZ") == "":  # set but empty: UTC to the C library
-        return timezone.utc
+        return UTC
     value = os.environ.get("TZ", "").removeprefix(":")
     if value:
         zone = _load_zone(value)
@@ -344,7 +353,7 @@ def local_timezone(*, localtime: Path = _LOCALTIME) -> tzinfo:
                 return zone
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop, on Python < 3.13
         pass
-    return _load_zone(str(localtime.absolute()), key="localtime") or timezone.utc
+    return _load_zone(str(localtime.absolute()), key="localtime") or UTC
 
 
 def _load_zone(name: str, *, key: str | None = None) -> tzinfo | None:
@@ -381,17 +390,17 @@ def utc(moment: datetime) -> datetime:
     and never finds an ambiguous local time equal to a time in another zone:
     every comparison of schedule times goes through UTC.
     """
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 def _instant(wall: datetime, tz: tzinfo) -> datetime:
     """The instant a scheduled wall-clock time runs at, by the DST rules in the module docstring."""
     first = wall.replace(tzinfo=tz, fold=0)
-    if first.astimezone(timezone.utc).astimezone(tz).replace(tzinfo=None) == wall:
+    if first.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == wall:
         return first  # exists; if it exists twice, fold=0 is its first occurrence
     # The clock skipped this wall time: run when it jumped, the first instant whose wall time is later.
-    low = wall.replace(tzinfo=tz, fold=1).astimezone(timezone.utc)  # before the jump
-    high = first.astimezone(timezone.utc)  # after the jump
+    low = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)  # before the jump
+    high = first.astimezone(UTC)  # after the jump
     while high - low > timedelta(seconds=1):
         mid = low + (high - low) / 2
         mid = mid.replace(microsecond=0)

@@ -590,8 +590,9 @@ class StorageBrowser(ConsoleHandle, ModalScreen[Config | None]):
                 restored = service.restore(name, passphrase=secret, progress=report, cancel=cancel)
                 sentence = (f"The appliance was restored from {name} ({restored.files} files). "
                             f"The state before the restore is kept in {restored.rollback_dir}.")
-                if restored.warnings:
-                    sentence += " " + refused_attributes_sentence(restored.warnings)
+                refused = refused_attributes_sentence(restored.warnings)
+                if refused:
+                    sentence += " " + refused
             else:
                 service.delete_backup(name)
                 sentence = f"The backup {name} was deleted."
@@ -615,7 +616,7 @@ class StorageBrowser(ConsoleHandle, ModalScreen[Config | None]):
         self.running_task = None
         self._task_line("")
         if message.ok and message.task == "delete":
-            self.storage_tree.remove(PurePosixPath(message.path).name)
+            self.storage_tree.remove_entry(PurePosixPath(message.path).name)
             self._show_details(None)
         self._say(message.sentence)
         if message.task != "delete" and self.selected == message.path:

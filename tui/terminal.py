@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import IO, NamedTuple
 
 from rich.cells import get_character_cell_size
@@ -84,7 +85,7 @@ class Pen(NamedTuple):
     fg: tuple[str, ...] | None = None
     bg: tuple[str, ...] | None = None
 
-    def apply(self, params: str) -> "Pen":
+    def apply(self, params: str) -> Pen:
         """This pen after `ESC [ params m`."""
         codes = params.split(";") if params else ["0"]
         attrs, fg, bg = set(self.attrs), self.fg, self.bg
@@ -116,7 +117,7 @@ class Pen(NamedTuple):
             i += 1
         return Pen(frozenset(attrs), fg, bg)
 
-    def change_to(self, other: "Pen") -> str:
+    def change_to(self, other: Pen) -> str:
         """The shortest SGR sequence (of the simple kinds) that turns this pen into `other`; "" when equal."""
         if other == self:
             return ""
@@ -322,8 +323,8 @@ class ConsoleDriver(LinuxDriver):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # LinuxDriver hands `_file` to its writer thread when application mode starts.
-        self.output = TerminalOutput(self._file)
-        self._file = self.output
+        self.output = TerminalOutput(self._file or sys.stdout)  # LinuxDriver's file is stdout's or stderr's
+        self._file = self.output  # type: ignore[assignment]  # a file-like wrapper where LinuxDriver writes
         self.hung_up = False
         """Whether the terminal hung up (set by `hang_up`)."""
         self.diff: ScreenDiff | None = None
@@ -340,8 +341,9 @@ class ConsoleDriver(LinuxDriver):
     def _get_terminal_size(self) -> tuple[int, int]:
         # Called at start and on SIGWINCH: after a resize the terminal's content is not known.
         size = super()._get_terminal_size()
-        if getattr(self, "diff", None) is not None:
-            self.diff.forget(*size)
+        diff: ScreenDiff | None = getattr(self, "diff", None)  # not made yet at the first call
+        if diff is not None:
+            diff.forget(*size)
         return size
 
     def redraw(self) -> None:

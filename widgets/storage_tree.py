@@ -202,7 +202,7 @@ class StorageTree(ScrollView, can_focus=True):
         self._resize()
         self.refresh()
 
-    def remove(self, name: str) -> None:
+    def remove_entry(self, name: str) -> None:
         """Take an entry out (it was deleted)."""
         index = self._index(name, start=0 if self.at_top else 1)
         if index is None:
