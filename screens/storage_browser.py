@@ -39,6 +39,7 @@ from widgets.messages import (
     BackupIdentityRead,
     BackupTaskEnded,
     BackupTaskProgressed,
+    BackupTaskStarted,
     Concealed,
     DirectoryListFailed,
     DirectoryPageListed,
@@ -566,6 +567,7 @@ class StorageBrowser(ConsoleHandle, ModalScreen[Config | None]):
 
     def _start(self, task: str, path: str, passphrase: Concealed | None) -> None:
         self.running_task = task
+        self.post_message(BackupTaskStarted(task, self.stop_task))
         self._cancel = threading.Event()
         self._say("")
         self._task_line(TASK_NAMES[task][1] + "...")

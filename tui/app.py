@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -49,6 +48,7 @@ from widgets.messages import (
     BackupProgressed,
     BackupStarted,
     BackupTaskEnded,
+    BackupTaskStarted,
     Concealed,
     OperatorAccessRead,
     SecretChecked,
@@ -164,6 +164,8 @@ class BackupConsole(App[int]):
         """Stops a scheduled verify job this console runs (on quit)."""
         self.verify_job_running = False
         """Whether this console runs a scheduled [verify] job right now."""
+        self._browser_task: BackupTaskStarted | None = None
+        """The verify, restore or delete the storage browser runs (it says when one starts and ends)."""
         self._quit_when_stopped = False
         self.run_schedule = run_schedule
         """Run due scheduled backups from the console too (off in tests that do not test it)."""
@@ -419,19 +421,10 @@ class BackupConsole(App[int]):
             return "backup"
         if self.verify_job_running:
             return "verify"
-        for screen in self._storage_browsers():
-            if screen.running_task in ("restore", "verify", "verify_deep"):
-                return "verify" if screen.running_task == "verify_deep" else screen.running_task
+        task = self._browser_task.task if self._browser_task is not None else None
+        if task in ("restore", "verify", "verify_deep"):
+            return "verify" if task == "verify_deep" else task
         return None
-
-    def _storage_browsers(self) -> list[Any]:
-        """The storage browsers open on the stack.
-
-        Their module is imported with the Storage screen, on first use (a faster first screen):
-        until then there is none.
-        """
-        module = sys.modules.get("screens.storage_browser")
-        return [] if module is None else [s for s in self.screen_stack if isinstance(s, module.StorageBrowser)]
 
     async def action_quit(self) -> None:
         """Quit; while a run is in progress, ask first (the appliance must not restart during one)."""
@@ -501,11 +494,16 @@ class BackupConsole(App[int]):
         self._quit_when_stopped = True
         self._cancel.set()
         self._job_cancel.set()
-        for screen in self._storage_browsers():
-            screen.stop_task()
+        if self._browser_task is not None:
+            self._browser_task.stop_task()
+
+    @on(BackupTaskStarted)
+    def _browser_run_started(self, message: BackupTaskStarted) -> None:
+        self._browser_task = message
 
     @on(BackupTaskEnded)
     def _browser_run_ended(self) -> None:
+        self._browser_task = None
         if self._quit_when_stopped and self.running_run() is None:
             self.exit(0)
 

@@ -6,6 +6,7 @@ latest state and the screens render it. No message ever carries a secret.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from textual.message import Message
@@ -199,6 +200,16 @@ class BackupTaskProgressed(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, BackupTaskProgressed)
+
+
+@dataclass
+class BackupTaskStarted(Message):
+    """The browser started a verify, restore or delete; it bubbles to the App, which owns what runs."""
+
+    task: str
+    """"verify", "verify_deep", "restore" or "delete"."""
+    stop_task: Callable[[], None]
+    """Asks the task to stop (the operator quits the console); it ends with a BackupTaskEnded."""
 
 
 @dataclass
