@@ -368,7 +368,8 @@ def status_json(report: StatusReport) -> dict[str, Any]:
     return {
         "status": report.state,
         "task": report.task,
-        "progress": report.progress,
+        "progress": ({**report.progress.to_json(), "inhibitor": report.inhibitor}
+                     if report.progress is not None else None),
         "last_successful_backup": run(report.last_success),
         "last_error": last_error,
         "next_scheduled_backup": report.next_scheduled.isoformat() if report.next_scheduled else None,
@@ -401,10 +402,10 @@ def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
         print(_json(status_json(report)))
         return ExitCode.OK
     print(f"Current Backup Status:          {report.state}" + (f" ({report.task})" if report.task else ""))
-    if report.progress:
+    if report.progress is not None:
         p = report.progress
-        total = f" of {human_bytes(p['total'])}" if p.get("total") else ""
-        print(f"  {p.get('stage', '')}: {human_bytes(p.get('done', 0))}{total}")
+        total = f" of {human_bytes(p.total)}" if p.total else ""
+        print(f"  {printable(p.stage)}: {human_bytes(p.done)}{total}")
     if report.last_success and report.last_success.ended_at:
         when = report.last_success.ended_at
         print(f"Last Successful Backup:         {when:%Y-%m-%d %H:%M:%S %Z} ({ago(when, service.clock())}) {printable(report.last_success.name or '')}")
@@ -416,8 +417,8 @@ def cmd_status(service: BackupService, args: argparse.Namespace) -> int:
     for warning in ([report.interrupted_restore] if report.interrupted_restore else []) + \
             ([report.stale] if report.stale else []) + report.warnings:
         print(f"Warning:                        {printable(warning)}")
-    if report.progress and report.progress.get("inhibitor"):
-        print(f"Shutdown:                       {printable(str(report.progress['inhibitor']))}")
+    if report.inhibitor:
+        print(f"Shutdown:                       {printable(report.inhibitor)}")
     if not report.secret.is_set:
         print("Domain Master Secret:           not set (no backup can be made until it is)")
     print(f"Storage:                        {printable(report.storage)}")

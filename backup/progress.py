@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from backup.errors import InterruptedRunError
 
@@ -26,6 +26,23 @@ class Progress:
     """Bytes written to (backup) or read from (verify, restore) the storage."""
     elapsed: float = 0.0
     """Seconds since the run started."""
+
+    def to_json(self) -> dict[str, Any]:
+        """What another process reads back with from_json (published while a run goes on)."""
+        return {"task": self.task, "stage": self.stage, "done": self.done, "total": self.total,
+                "written": self.written, "elapsed": round(self.elapsed, 3)}
+
+    @staticmethod
+    def from_json(data: dict[str, Any] | None) -> Progress | None:
+        """The Progress another process published, or None when there is none or it cannot be read."""
+        if not data:
+            return None
+        try:
+            return Progress(task=str(data.get("task", "backup")), stage=str(data.get("stage", "")),
+                            done=int(data.get("done", 0)), total=int(data["total"]) if data.get("total") else None,
+                            written=int(data.get("written", 0)), elapsed=float(data.get("elapsed", 0.0)))
+        except (TypeError, ValueError, KeyError):
+            return None
 
     @property
     def fraction(self) -> float | None:

@@ -74,7 +74,7 @@ from backup.payload import (
 )
 from backup.notify import AlertQueue, TargetHealth
 from backup.operators import Access, Login, current_login, resolve_access
-from backup.progress import ProgressCallback, Tracker
+from backup.progress import Progress, ProgressCallback, Tracker
 from backup.reporting import edges, oldest_unverified, reported, tick
 from backup.retention import Decision, plan
 from backup.schedule import interval_estimate, local_now, local_timezone, next_runs, slot_already_done, slot_detail
@@ -213,10 +213,13 @@ class StatusReport:
     running: bool
     task: str | None
     """What holds the lock: "backup" or "restore"."""
-    progress: dict | None
+    progress: Progress | None
+    """What the running backup or restore published of its progress (it may run in another process)."""
     last_success: RunRecord | None
     last_failure: RunRecord | None
     """The most recent backup run, when it did not succeed."""
+    inhibitor: str | None = None
+    """How the running backup or restore keeps the appliance from shutting down (a sentence), while one runs."""
     recent: list[RunRecord] = field(default_factory=list)
     """Backup runs, newest first."""
     secret: SecretInfo = field(default_factory=lambda: SecretInfo(False))
@@ -472,10 +475,12 @@ class BackupService:
         now = self.clock()
         schedule = self.config.schedule
         upcoming = next_runs(schedule, now, 1) if schedule.enabled else []
+        published = self.journal.read_progress() if running else None
         return StatusReport(
             running=running,
             task=holder.task if running and holder else None,
-            progress=self.journal.read_progress() if running else None,
+            progress=Progress.from_json(published),
+            inhibitor=str(published["inhibitor"]) if published and published.get("inhibitor") else None,
             last_success=last_success,
             last_failure=last_failure,
             recent=list(reversed(finished))[:recent],
@@ -748,8 +753,7 @@ class BackupService:
 
         def publish(p) -> None:
             try:
-                self.journal.write_progress({"task": p.task, "stage": p.stage, "done": p.done, "total": p.total,
-                                             "written": p.written, "elapsed": round(p.elapsed, 3), **extra})
+                self.journal.write_progress({**p.to_json(), **extra})
             except OSError:
                 pass
             if progress is not None:

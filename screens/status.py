@@ -15,18 +15,6 @@ from widgets.run_progress import RunProgress
 from widgets.status_table import StatusTable
 
 
-def progress_from(data: dict | None) -> Progress | None:
-    """The Progress another process published (StatusReport.progress), or None when unreadable."""
-    if not data:
-        return None
-    try:
-        return Progress(task=str(data.get("task", "backup")), stage=str(data.get("stage", "")),
-                        done=int(data.get("done", 0)), total=int(data["total"]) if data.get("total") else None,
-                        written=int(data.get("written", 0)), elapsed=float(data.get("elapsed", 0.0)))
-    except (TypeError, ValueError, KeyError):
-        return None
-
-
 def _update(widget: Static, text: str) -> None:
     """Show `text`; an unchanged text is not drawn again (the status is read every few seconds)."""
     if widget.content != text:
@@ -96,7 +84,7 @@ class StatusScreen(ConsoleScreen):
         self._show_notice(self.console.notice)
         if not self.console.backup_running:
             # A run of another process (the scheduler, `appliance-backup run`): its published progress.
-            other = progress_from(report.progress) if report.running else None
+            other = report.progress if report.running else None
             self.query_one(RunProgress).display = other is not None
             self.query_one(RunProgress).progress = other
 
