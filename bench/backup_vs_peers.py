@@ -44,8 +44,8 @@ import json
 import os
 import platform
 import secrets
-import signal
 import shutil
+import signal
 import sqlite3
 import stat
 import statistics

@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the state and its backups afterwards")
     args = parser.parse_args(argv)
 
+    from make_state import make_state
+
     from backup.config import load_config
     from backup.service import BackupService
-    from make_state import make_state
     from tests.test_load import run_load
 
     root = Path(tempfile.mkdtemp(prefix="bench-load-"))

@@ -1,27 +1,19 @@
-"""Shared fixtures: real demo appliances in tmp_path, real files, real SQLite."""
+"""Shared fixtures: real demo appliances in tmp_path, real files, real SQLite (constants and helpers: tests/common.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from textual.widgets import Input
 
-from backup.archive import ScryptParams
 from backup.config import Config, load_config
 from backup.demo import create_demo_appliance
 from backup.service import BackupService
+from tests.common import FAST_KDF, PASSPHRASE
 
-pytest_plugins = ["tests.nfs_server", "tests.mariadb_server"]
+pytest_plugins = ["tests.nfs_server", "tests.mariadb_server", "tests.tui_fixtures"]
 
-# Small scrypt parameters keep tests fast; the format and code path are the same.
-FAST_KDF = ScryptParams(log2_n=10, r=8, p=1)
-PASSPHRASE = "correct horse battery staple"
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent / "appliance-backup"
 
 
 @pytest.fixture(autouse=True)
@@ -54,14 +46,3 @@ def passphrase_file(tmp_path: Path) -> Path:
     path.write_text(PASSPHRASE + "\n")
     path.chmod(0o600)
     return path
-
-
-def run_cli(*args: str | os.PathLike[str], config: Config | Path | None = None, input: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real `appliance-backup` command."""
-    argv = [str(BIN)]
-    if config is not None:
-        argv += ["--config", str(config.path if isinstance(config, Config) else config)]
-    argv += [str(a) for a in args]
-    return subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout,
-                          env={**os.environ, "APPLIANCE_BACKUP_DEBUG": ""})

@@ -9,7 +9,6 @@ anyway). The CLI tests give the real command SUDO_USER exactly as sudo would.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -21,7 +20,7 @@ from backup.errors import ConfigError, ExitCode, OperatorRefusedError
 from backup.journal import RunJournal
 from backup.operators import Login, current_login, resolve_access
 from backup.service import BackupService
-from tests.conftest import BIN, FAST_KDF, PASSPHRASE
+from tests.common import BIN, FAST_KDF, PASSPHRASE
 
 PATH = Path("/etc/appliance-backup/config.toml")
 TABLE = {"operators": {"alice": "oauth", "bob": "otp", "carol": "otp", "root": "oauth"}}
@@ -154,6 +153,7 @@ def test_an_otp_login_may_look_and_nothing_else(appliance_with_backup, tmp_path)
     assert sorted(p.name for p in config.storage.path.iterdir()) == stored
     assert len(RunJournal(config.state_dir).runs()) == journalled  # not even the verify
     assert (config.appliance.firmware / "added-later.conf").exists()  # nothing restored
+    assert sorted(p.name for p in config.appliance.firmware.rglob("*")) == sorted([*firmware, "added-later.conf"])
     # The same commands from an OAuth login (sudo for root, which the demo lists as "oauth") go through.
     assert cli("verify", backup, config=config, sudo_user="root").returncode == 0
     assert RunJournal(config.state_dir).runs()[-1].kind == "verify"

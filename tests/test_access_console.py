@@ -8,9 +8,8 @@ is there. One test injects a sudo'ed login instead (a real sudo cannot run insid
 from __future__ import annotations
 
 import getpass
-import tomllib
 
-from backup.config import Config, load_config, update_config
+from backup.config import Config, update_config
 from backup.journal import RunJournal
 from backup.operators import Login
 from backup.service import BackupService
@@ -18,12 +17,10 @@ from screens.restore import ConfirmDeleteScreen, ConfirmRestoreScreen
 from screens.settings import SettingsScreen
 from screens.storage import StorageScreen
 from screens.storage_browser import StorageBrowser
-from tui.app import BackupConsole
-from tui_fixtures import (  # noqa: F401 - fixtures
-    FAST_KDF, PASSPHRASE, config, config_with_dms, demo_template, fixed_clock, make_app, screen_text,
-)
-from test_tui_storage import cursor_to, make_backup, open_backup, set_input, settle, shown
 from test_tui_console import type_into
+from test_tui_storage import make_backup, open_backup, set_input, settle
+from tests.tui_fixtures import FAST_KDF, PASSPHRASE, fixed_clock, make_app, text_of
+from tui.app import BackupConsole
 
 SIZE = (100, 30)
 GUIDANCE = "create an OAuth account, sign in with it, and remove the OTP account"
@@ -32,10 +29,6 @@ GUIDANCE = "create an OAuth account, sign in with it, and remove the OTP account
 def as_otp(config: Config) -> Config:
     """The same appliance with this process's login (root here) listed as an OTP operator."""
     return update_config(config, {"operators": {getpass.getuser(): "otp", "alice": "oauth"}})
-
-
-def text_of(app, selector: str) -> str:
-    return " ".join(str(app.screen.query_one(selector).render()).split())
 
 
 class TestSettings:

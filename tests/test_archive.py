@@ -47,9 +47,10 @@ from backup.archive import (
     read_header,
 )
 from backup.errors import BackupError, IntegrityError, NotABackupError, WrongDmsError
+from tests.common import PASSPHRASE
 
 VECTORS = Path(__file__).parent / "vectors"
-PASSPHRASE = "correct horse battery staple"
+
 SMALL = ScryptParams(log2_n=10, r=8, p=1)
 CHUNK = 4096
 SEALED = CHUNK + 16

@@ -18,7 +18,7 @@ import pytest
 
 from backup.config import Config
 from backup.service import BackupService
-from tests.conftest import FAST_KDF
+from tests.common import FAST_KDF
 
 VECTORS = Path(__file__).parent / "vectors"
 

@@ -15,7 +15,7 @@ from backup.storage.nfs import NfsStorage
 from screens.storage import StorageScreen
 from screens.storage_browser import BrowseLocation, StorageBrowser, nfs_location
 from test_tui_storage import browser, settle, shown, tree
-from tui_fixtures import config, demo_template, make_app  # noqa: F401 - fixtures
+from tests.tui_fixtures import make_app
 from widgets.storage_info import StorageInfo
 
 pytestmark = pytest.mark.nfs

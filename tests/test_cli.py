@@ -16,7 +16,7 @@ from backup.config import Config
 from backup.errors import ConfigError, ExitCode
 from backup.journal import RunJournal
 from backup.service import BackupService
-from tests.conftest import BIN, PASSPHRASE, ROOT, run_cli
+from tests.common import BIN, PASSPHRASE, ROOT, run_cli
 from tests.helpers import appliance_state, mutate_appliance
 
 

@@ -27,10 +27,9 @@ from backup.archive import ScryptParams
 from backup.config import load_config
 from backup.daemon import POLL_SECONDS, log_line, run_daemon
 from backup.demo import create_demo_appliance
-from backup.errors import BackupError, ExitCode, InterruptedRunError, LockHeldError
+from backup.errors import BackupError, ExitCode, InterruptedRunError, LockHeldError, SlotAlreadyDoneError
 from backup.inhibit import Inhibitor
 from backup.journal import RunJournal
-from backup.errors import SlotAlreadyDoneError
 from backup.schedule import parse_slot_detail, slot_already_done, slot_detail, utc
 from backup.service import BackupService
 

@@ -20,7 +20,7 @@ import pytest
 from backup.fsutil import PATH_LIMIT, reach, remove_tree
 from backup.payload import scan_directory
 from backup.service import BackupService
-from tests.conftest import FAST_KDF, run_cli
+from tests.common import FAST_KDF, run_cli
 
 DEPTH = 5000
 FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW

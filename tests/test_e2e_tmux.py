@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e  # tmux is installed by `make test`; without it the test fails, it does not skip
+from tests.common import BIN, PASSPHRASE
 
-BIN = Path(sys.executable).parent / "appliance-backup"
-PASSPHRASE = "correct horse battery staple"
+pytestmark = pytest.mark.e2e  # tmux is installed by `make test`; without it the test fails, it does not skip
 
 
 class Tmux:

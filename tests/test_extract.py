@@ -15,7 +15,7 @@ from backup.config import load_config
 from backup.demo import create_demo_appliance
 from backup.errors import BackupError
 from backup.service import BackupService
-from tests.conftest import FAST_KDF, PASSPHRASE
+from tests.common import FAST_KDF, PASSPHRASE
 from tests.helpers import appliance_state
 
 

@@ -62,7 +62,7 @@ from backup.errors import ExitCode, StorageFullError
 from backup.journal import RunJournal
 from backup.service import BackupService
 from backup.storage.nfs import NfsStorage
-from tests.conftest import BIN, FAST_KDF, PASSPHRASE, run_cli
+from tests.common import BIN, FAST_KDF, PASSPHRASE, run_cli
 from tests.nfs_server import NfsServer
 
 NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from backup.config import Config
 from backup.errors import ExitCode
 from backup.service import BackupService, foreign_note
 from tests import spec_payload_reader as spec
-from tests.conftest import BIN, FAST_KDF, PASSPHRASE, run_cli
+from tests.common import BIN, FAST_KDF, PASSPHRASE, run_cli
 from tests.helpers import appliance_state
 
 VECTORS = Path(__file__).parent / "vectors"

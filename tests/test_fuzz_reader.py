@@ -37,7 +37,7 @@ from backup.config import load_config
 from backup.demo import create_demo_appliance
 from backup.errors import BackupError
 from backup.service import BackupService
-from tests.conftest import FAST_KDF, PASSPHRASE
+from tests.common import FAST_KDF, PASSPHRASE
 from tests.helpers import appliance_state, fails_after
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"

@@ -26,7 +26,7 @@ from backup.errors import ExitCode
 from backup.journal import RunJournal
 from backup.lock import is_locked
 from backup.service import BackupService
-from tests.conftest import BIN
+from tests.common import BIN
 from tests.test_e2e_tmux import Tmux
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

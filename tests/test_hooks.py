@@ -15,7 +15,7 @@ from backup.config import Config, load_config
 from backup.errors import ConfigError
 from backup.hooks import HookFailedError
 from backup.service import BackupService
-from tests.conftest import FAST_KDF, PASSPHRASE, run_cli
+from tests.common import FAST_KDF, PASSPHRASE, run_cli
 from tests.helpers import appliance_state, mutate_appliance
 
 

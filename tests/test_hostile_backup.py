@@ -52,7 +52,7 @@ from backup.errors import BackupError, ExitCode, IntegrityError, NotABackupError
 from backup.payload import walk_payload
 from backup.progress import Tracker
 from backup.service import BackupService
-from tests.conftest import FAST_KDF, PASSPHRASE, run_cli
+from tests.common import FAST_KDF, PASSPHRASE, run_cli
 from tests.helpers import appliance_state
 
 MASKS = (0x01, 0xFF)

@@ -20,9 +20,9 @@ import pytest
 from backup.humanize import printable
 from backup.journal import RunJournal
 from backup.service import BackupService
-from tests.conftest import run_cli
+from tests.common import run_cli
 from tests.helpers import fails_after
-from tui_fixtures import FAST_KDF, config, config_with_dms, demo_template, fixed_clock, make_app, screen_text  # noqa: F401
+from tests.tui_fixtures import FAST_KDF, fixed_clock, make_app, screen_text, settle
 
 HOSTILE = {
     "title": "evil\x1b]0;pwned\x07.abk",  # sets the terminal's title
@@ -123,11 +123,6 @@ async def test_the_console_shows_hostile_names_escaped_and_never_as_markup(confi
         shutil.copyfile(genuine, storage / name)
     genuine.unlink()
     app = make_app(config_with_dms, clock=fixed_clock)
-
-    async def settle(pilot) -> None:
-        for _ in range(3):
-            await pilot.app.workers.wait_for_complete()
-            await pilot.pause()
 
     with fails_after(120, "the console on hostile names"):
         async with app.run_test(size=(160, 40)) as pilot:

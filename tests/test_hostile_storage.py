@@ -25,9 +25,9 @@ from backup.retention import RetentionPolicy
 from backup.service import BackupService
 from backup.storage.local import LocalStorage
 from backup.storage.nfs import NfsStorage
-from tests.conftest import FAST_KDF, run_cli
+from tests.common import FAST_KDF, run_cli
 from tests.helpers import fails_after
-from tui_fixtures import config, config_with_dms, demo_template, fixed_clock, make_app  # noqa: F401 - fixtures
+from tests.tui_fixtures import fixed_clock, make_app
 
 SECRET = "root:$6$not-a-real-hash:19000:0:99999:7:::\n"
 NOT_REGULAR = "is not a regular file"

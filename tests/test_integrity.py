@@ -15,7 +15,7 @@ from backup import database
 from backup.archive import read_header
 from backup.errors import BackupError, ExitCode, UnsafeArchiveError
 from backup.service import BackupService
-from tests.conftest import run_cli
+from tests.common import run_cli
 from tests.helpers import appliance_state, db_rows, mutate_appliance, sealed_backup
 
 HEADER = 162
@@ -224,7 +224,8 @@ def test_configured_paths_reached_through_links_are_backed_up_and_restored_where
 def test_a_component_stored_as_a_link_by_an_earlier_version_is_restored_as_its_folder(
         service: BackupService, monkeypatch: pytest.MonkeyPatch) -> None:
     """Earlier versions stored a configured directory reached through a link as that link, its content below."""
-    from backup import payload, service as service_module
+    from backup import payload
+    from backup import service as service_module
 
     firmware = service.config.appliance.firmware
     os.rename(firmware, firmware.with_name("real-firmware"))

@@ -28,7 +28,7 @@ import pytest
 from backup.config import Config
 from backup.journal import RunJournal
 from backup.service import BackupService
-from tests.conftest import BIN, run_cli
+from tests.common import BIN, run_cli
 from tests.helpers import appliance_state, mutate_appliance
 
 pytestmark = pytest.mark.slow

@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from backup.errors import ExitCode, LockHeldError
 from backup.lock import RunLock, is_locked
 from backup.service import BackupService
-from tests.conftest import BIN, run_cli
+from tests.common import BIN, run_cli
 
 HOLD = """
 import sys, time

@@ -28,11 +28,18 @@ from backup.cli import ExitCode
 from backup.config import load_config
 from backup.demo import create_demo_appliance
 from backup.errors import IntegrityError
-from backup.payload import (PayloadWriter, decompressed, member_xattrs, open_tar_stream, scan_directory, tar_header,
-                            xattr_records)
+from backup.payload import (
+    PayloadWriter,
+    decompressed,
+    member_xattrs,
+    open_tar_stream,
+    scan_directory,
+    tar_header,
+    xattr_records,
+)
 from backup.progress import Tracker
 from backup.service import BackupService
-from tests.conftest import BIN, FAST_KDF, PASSPHRASE
+from tests.common import BIN, FAST_KDF, PASSPHRASE
 from tests.helpers import appliance_state, db_rows, mutate_appliance, sealed_backup
 
 # Linux's POSIX ACL in its extended-attribute form (include/uapi/linux/posix_acl_xattr.h).

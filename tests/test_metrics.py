@@ -16,7 +16,7 @@ from backup.config import Config
 from backup.errors import ConfigError
 from backup.metrics import PREFIX
 from backup.service import BackupService
-from tests.conftest import FAST_KDF
+from tests.common import FAST_KDF
 from tests.test_hooks import service_with, with_sections
 
 SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{(?P<labels>[^}]*)\} (?P<value>\S+)$')

@@ -24,8 +24,8 @@ from backup.storage.nfs import open_nfs_storage
 from screens.settings import SettingsScreen
 from screens.status import StatusScreen
 from tests.nfs_server import NfsServer
+from tests.tui_fixtures import FAST_KDF, PASSPHRASE, shown, text_of
 from tui.app import BackupConsole
-from tui_fixtures import FAST_KDF, PASSPHRASE, config, demo_template, screen_text  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.nfs
 
@@ -63,14 +63,6 @@ class PausingService(BackupService):
                 self.resume.wait(30)
 
         return super().run_backup(progress=pausing, **kwargs)
-
-
-def shown(app) -> str:
-    return " ".join(screen_text(app).split())
-
-
-def text_of(app, selector: str) -> str:
-    return " ".join(str(app.screen.query_one(selector).render()).split())
 
 
 def backup_workers(app) -> list:

@@ -33,7 +33,7 @@ from tests.alert_servers import (
     syslog_udp,
     syslog_unix_socket,
 )
-from tests.conftest import FAST_KDF, PASSPHRASE, run_cli
+from tests.common import FAST_KDF, PASSPHRASE, run_cli
 from tests.test_hooks import service_with, with_sections
 
 WAIT = 60

@@ -31,7 +31,7 @@ from backup.demo import create_demo_appliance, write_appliance_config
 from backup.errors import BackupError
 from backup.journal import RunJournal
 from backup.service import KEEP_ROLLBACKS, BackupService
-from tests.conftest import FAST_KDF, PASSPHRASE, ROOT, run_cli
+from tests.common import FAST_KDF, PASSPHRASE, ROOT, run_cli
 from tests.helpers import appliance_state, mutate_appliance, tree_digest
 
 KILL_AT = ROOT / "tests" / "kill_at.py"

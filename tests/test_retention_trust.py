@@ -20,9 +20,9 @@ from backup.config import Config, load_config, update_config
 from backup.demo import create_demo_appliance
 from backup.retention import RetentionPolicy
 from backup.service import BackupService
-from tests.conftest import FAST_KDF, run_cli
+from tests.common import FAST_KDF, run_cli
 from tests.helpers import sealed_backup
-from tui_fixtures import FIXED_NOW, config, config_with_dms, demo_template, fixed_clock, make_app, screen_text  # noqa: F401
+from tests.tui_fixtures import FIXED_NOW, fixed_clock, make_app, screen_text
 
 NOW = datetime.now(timezone.utc)
 

@@ -16,7 +16,7 @@ from backup.config import load_config
 from backup.demo import create_demo_appliance
 from backup.errors import DmsNotSetError
 from backup.service import BackupService
-from tests.conftest import FAST_KDF, PASSPHRASE
+from tests.common import FAST_KDF, PASSPHRASE
 from tests.helpers import appliance_state, db_rows, mutate_appliance
 
 

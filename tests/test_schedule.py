@@ -33,7 +33,7 @@ from backup.schedule import (
     utc,
     validate_cron,
 )
-from tests.conftest import run_cli
+from tests.common import run_cli
 from tests.helpers import fails_after
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -8,14 +8,13 @@ import signal
 import subprocess
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from backup.config import Config, load_config, update_config
 from backup.errors import ExitCode
 from backup.journal import RunJournal
 from backup.schedule import parse_slot_detail
 from backup.service import BackupService
-from tests.conftest import BIN, FAST_KDF, run_cli
+from tests.common import BIN, FAST_KDF, run_cli
 
 
 def test_otp_and_unlisted_operators_are_refused_by_the_core(service: BackupService) -> None:

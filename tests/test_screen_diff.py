@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from backup.service import BackupService
-from tests.conftest import BIN
+from tests.common import BIN
 from tests.test_e2e_tmux import Tmux
 from tui.terminal import DEFAULT_PEN, FULL_DRAW_ENV, Pen, ScreenDiff
 

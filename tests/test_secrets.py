@@ -18,7 +18,7 @@ from pathlib import Path
 
 from backup.config import Config
 from backup.errors import ExitCode
-from tests.conftest import run_cli
+from tests.common import run_cli
 from tests.helpers import mutate_appliance
 
 HERE = Path(__file__).resolve().parent
@@ -66,8 +66,8 @@ def _shown_in(svg: str, passphrase: str, window: int = 10) -> bool:
 
 
 def _tui_test_passphrases() -> list[str]:
-    """The passphrases the console tests type: module-level *PASSPHRASE* strings of tests/tui_fixtures.py."""
-    tree = ast.parse((HERE / "tui_fixtures.py").read_text())
+    """The passphrases the console tests type: module-level *PASSPHRASE* strings of tests/common.py."""
+    tree = ast.parse((HERE / "common.py").read_text())
     found = []
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
@@ -152,7 +152,7 @@ def test_no_secret_leaves_the_key_file(appliance: Config, tmp_path: Path) -> Non
 
 def test_no_console_snapshot_shows_a_test_passphrase() -> None:
     passphrases = _tui_test_passphrases()
-    assert passphrases, "tests/tui_fixtures.py defines no PASSPHRASE any more: update this test"
+    assert passphrases, "tests/common.py defines no PASSPHRASE any more: update this test"
     svgs = sorted((HERE / "__snapshots__").rglob("*.svg"))
     assert svgs, "no console snapshots to check"
     for svg in svgs:

@@ -10,23 +10,10 @@ from __future__ import annotations
 import pytest
 
 from backup.progress import Progress
+from tests.tui_fixtures import fixed_clock, make_app, settle, write_history
 from tui.app import ANSI_THEME
-from tui_fixtures import (  # noqa: F401 - fixtures
-    config,
-    config_with_dms,
-    demo_template,
-    fixed_clock,
-    make_app,
-    write_history,
-)
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
-
-
-async def settled(pilot) -> None:
-    for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
 
 
 def app_on(config, **kwargs):
@@ -37,19 +24,19 @@ def app_on(config, **kwargs):
 class TestStatusScreen:
     def test_fresh_appliance(self, snap_compare, config, size):
         """A new appliance: no DMS, no backup yet, schedule disabled."""
-        assert snap_compare(app_on(config), terminal_size=size, run_before=settled)
+        assert snap_compare(app_on(config), terminal_size=size, run_before=settle)
 
     def test_history_and_last_failure(self, snap_compare, config_with_dms, size):
         """A week of daily backups, the size trend, and why the last attempt failed."""
         write_history(config_with_dms)
-        assert snap_compare(app_on(config_with_dms), terminal_size=size, run_before=settled)
+        assert snap_compare(app_on(config_with_dms), terminal_size=size, run_before=settle)
 
     def test_backup_running(self, snap_compare, config_with_dms, size):
         """A backup in progress: stage, bar, bytes, throughput, ETA."""
         write_history(config_with_dms)
 
         async def running(pilot) -> None:
-            await settled(pilot)
+            await settle(pilot)
             app = pilot.app
             app.backup_running = True
             app.progress = Progress(task="backup", stage="Archiving the system configuration", done=157_286_400,
@@ -61,9 +48,9 @@ class TestStatusScreen:
     def test_refused_without_dms(self, snap_compare, config, size):
         """Back up now without a DMS: the core's sentence is shown."""
         async def back_up_now(pilot) -> None:
-            await settled(pilot)
+            await settle(pilot)
             await pilot.press("b")
-            await settled(pilot)
+            await settle(pilot)
 
         assert snap_compare(app_on(config), terminal_size=size, run_before=back_up_now)
 
@@ -72,23 +59,23 @@ class TestStatusScreen:
 class TestSettingsScreen:
     def test_secret_not_set(self, snap_compare, config, size):
         """The Set Domain Master Secret form, the prefix and the schedule placeholder."""
-        assert snap_compare(app_on(config), press=["2"], terminal_size=size, run_before=settled)
+        assert snap_compare(app_on(config), press=["2"], terminal_size=size, run_before=settle)
 
     def test_secret_set(self, snap_compare, config_with_dms, size):
         """Once set: when, the reminder, and the check; no set form."""
-        assert snap_compare(app_on(config_with_dms), press=["2"], terminal_size=size, run_before=settled)
+        assert snap_compare(app_on(config_with_dms), press=["2"], terminal_size=size, run_before=settle)
 
     def test_bad_prefix(self, snap_compare, config_with_dms, size):
         """An invalid prefix: the sentence inline, nothing saved."""
 
         async def bad_prefix(pilot) -> None:
-            await settled(pilot)
+            await settle(pilot)
             await pilot.press("2")
             field = pilot.app.screen.query_one("#prefix")
             field.focus()
             field.insert_text_at_cursor("bad/prefix")
             await pilot.press("enter")
-            await settled(pilot)
+            await settle(pilot)
 
         assert snap_compare(app_on(config_with_dms), terminal_size=size, run_before=bad_prefix)
 
@@ -97,9 +84,9 @@ class TestSettingsScreen:
         """A weekly schedule at 03:15: its sentence and the next three runs; retention rules."""
 
         async def weekly(pilot) -> None:
-            await settled(pilot)
+            await settle(pilot)
             await pilot.press("2")
-            await settled(pilot)
+            await settle(pilot)
             screen = pilot.app.screen
             screen.query_one("#schedule-time").value = "03:15"
             screen.query_one("#preset-weekly").press()
@@ -117,13 +104,13 @@ class TestSettingsScreen:
 class TestDialogs:
     def test_help(self, snap_compare, config):
         """The help dialog over the Status screen."""
-        assert snap_compare(app_on(config), press=["question_mark"], run_before=settled)
+        assert snap_compare(app_on(config), press=["question_mark"], run_before=settle)
 
     def test_quit_while_backup_runs(self, snap_compare, config_with_dms):
         """Quitting during a backup asks first and says why."""
 
         async def ask(pilot) -> None:
-            await settled(pilot)
+            await settle(pilot)
             pilot.app.backup_running = True
             await pilot.press("q")
             await pilot.pause()
@@ -136,7 +123,7 @@ class TestSerialProfile:
         """TERM=linux at 80x24: the ANSI theme and ASCII glyphs."""
         write_history(config_with_dms)
         app = app_on(config_with_dms, serial=True, theme=ANSI_THEME)
-        assert snap_compare(app, run_before=settled)
+        assert snap_compare(app, run_before=settle)
 
 
 # The snapshots' secrets are checked by tests/test_secrets.py (all snapshot folders, SVG-escaped text).

@@ -13,24 +13,12 @@ import pytest
 from backup.service import BackupService
 from screens.storage_browser import StorageBrowser
 from test_tui_storage import FakeStorage, entry, fake_location, make_backup
-from tui_fixtures import (  # noqa: F401 - fixtures
-    config,
-    config_with_dms,
-    demo_template,
-    fixed_clock,
-    make_app,
-)
+from tests.tui_fixtures import fixed_clock, make_app, settle
 from widgets.storage_tree import StorageTree
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 BACKUP_NAME = "demo-appliance-20240603T093000Z-0a1b2c.abk"
 TOP = "srv/appliance-backups"
-
-
-async def settled(pilot) -> None:
-    for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
 
 
 def app_on(config, **kwargs):
@@ -53,9 +41,9 @@ class TestStorageScreen:
         """Storage Type local: the directory, the chosen location, the storage in use, Browse and Save."""
 
         async def fixed_path(pilot) -> None:
-            await settled(pilot)
+            await settle(pilot)
             await pilot.press("3")
-            await settled(pilot)
+            await settle(pilot)
             pilot.app.screen.query_one("#local-path").value = "/srv/appliance-backups"
             await pilot.pause()
 
@@ -65,9 +53,9 @@ class TestStorageScreen:
         """Storage Type NFS: a URL with the wrong scheme is explained inline; the version and its client."""
 
         async def bad_url(pilot) -> None:
-            await settled(pilot)
+            await settle(pilot)
             await pilot.press("3")
-            await settled(pilot)
+            await settle(pilot)
             screen = pilot.app.screen
             screen.query_one("#storage-type").value = "nfs"
             screen.query_one("#nfs-url").value = "http://backup-server/export/appliances"
@@ -82,9 +70,9 @@ class TestStorageBrowser:
         """The directory (`..`, folders, backups, a file), the location, and its Storage Information."""
 
         async def browse(pilot) -> None:
-            await settled(pilot)
+            await settle(pilot)
             pilot.app.push_screen(StorageBrowser(fake_location(fixed_storage())))
-            await settled(pilot)
+            await settle(pilot)
 
         assert snap_compare(app_on(config), terminal_size=size, run_before=browse)
 
@@ -96,12 +84,12 @@ class TestStorageBrowser:
         backup = make_backup(config_with_dms).read_bytes()
 
         async def details(pilot) -> None:
-            await settled(pilot)
+            await settle(pilot)
             pilot.app.push_screen(StorageBrowser(fake_location(fixed_storage(backup))))
-            await settled(pilot)
+            await settle(pilot)
             tree = pilot.app.screen.query_one(StorageTree)
             tree.move_to(tree.names.index(BACKUP_NAME))
             await pilot.press("enter")
-            await settled(pilot)
+            await settle(pilot)
 
         assert snap_compare(app_on(config_with_dms), terminal_size=size, run_before=details)

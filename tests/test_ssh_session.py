@@ -25,7 +25,7 @@ import pytest
 from backup.journal import RunJournal
 from backup.lock import is_locked
 from backup.service import BackupService
-from tests.conftest import BIN
+from tests.common import BIN
 from tests.test_e2e_tmux import Tmux
 from tests.test_hangup import STOPPED, big_state, wait_for_partial
 

@@ -27,7 +27,7 @@ from backup.demo import create_demo_appliance
 from backup.errors import ExitCode
 from backup.secret import DomainMasterSecret
 from backup.service import BackupService
-from tests.conftest import BIN, FAST_KDF, PASSPHRASE
+from tests.common import BIN, FAST_KDF, PASSPHRASE
 
 NOBODY = 65534
 """Another local user (nobody): the owner of what the attacker makes."""
@@ -121,7 +121,7 @@ def test_a_group_writable_folder_above_the_state_is_refused(shared, passphrase_f
     srv.chmod(0o775)
     r = cli("status", config=config)
     assert r.returncode == ExitCode.USAGE
-    assert f"writable by its group" in r.stderr and f"chmod go-w {srv}" in " ".join(r.stderr.split())
+    assert "writable by its group" in r.stderr and f"chmod go-w {srv}" in " ".join(r.stderr.split())
 
 
 def test_a_key_file_owned_by_another_user_is_refused(shared, passphrase_file):

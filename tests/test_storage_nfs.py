@@ -35,7 +35,7 @@ from backup.storage.nfs import (
     open_nfs_storage,
     transport_for,
 )
-from tests.conftest import FAST_KDF, PASSPHRASE
+from tests.common import FAST_KDF, PASSPHRASE
 from tests.helpers import appliance_state, mutate_appliance
 from tests.nfs_server import NfsServer
 from tests.test_storage_local import StorageContract, names

@@ -8,15 +8,9 @@ from __future__ import annotations
 from backup.config import Config, load_config
 from screens.status import StatusScreen
 from tests.alert_servers import WebhookLog, http_server
-from tui_fixtures import config, demo_template, make_app  # noqa: F401 - fixtures
+from tests.tui_fixtures import make_app, settle
 
 SIZE = (100, 30)
-
-
-async def settle(pilot) -> None:
-    for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
 
 
 def with_webhook(config: Config, port: int) -> Config:
@@ -66,7 +60,7 @@ async def test_an_open_console_runs_a_due_verify_job_and_shows_it(config: Config
     from datetime import datetime, timezone
 
     from backup.service import BackupService
-    from tui_fixtures import FAST_KDF, PASSPHRASE
+    from tests.common import FAST_KDF, PASSPHRASE
 
     with open(config.path, "a", encoding="utf-8") as out:
         out.write('\n[verify]\ncron = "0 4 * * *"\n')

@@ -21,21 +21,22 @@ from screens.dialogs import ConfirmQuitScreen, HelpScreen
 from screens.settings import SettingsScreen
 from screens.status import StatusScreen
 from screens.storage import StorageScreen
-from widgets import profile
-from tui.app import ANSI_THEME, BackupConsole
-from widgets.messages import Concealed
-from tui_fixtures import (  # noqa: F401 - fixtures
-    FAST_KDF, FIXED_NOW, PASSPHRASE, config, config_with_dms, demo_template, fixed_clock, make_app, screen_text,
+from tests.tui_fixtures import (
+    FAST_KDF,
+    FIXED_NOW,
+    PASSPHRASE,
+    fixed_clock,
+    make_app,
+    screen_text,
+    settle,
+    shown,
+    text_of,
 )
+from tui.app import ANSI_THEME, BackupConsole
+from widgets import profile
+from widgets.messages import Concealed
 
 SIZE = (80, 24)
-
-
-async def settle(pilot) -> None:
-    """Let every worker finish and every message they posted be handled (twice: a result may start a refresh)."""
-    for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
 
 
 async def type_into(pilot, selector: str, text: str, *, keys: bool = False) -> None:
@@ -48,15 +49,6 @@ async def type_into(pilot, selector: str, text: str, *, keys: bool = False) -> N
     else:
         field.insert_text_at_cursor(text)
         await pilot.pause()
-
-
-def text_of(app, selector: str) -> str:
-    return " ".join(str(app.screen.query_one(selector).render()).split())
-
-
-def shown(app) -> str:
-    """The screen's words, with line breaks and runs of spaces folded (wrapped sentences stay whole)."""
-    return " ".join(screen_text(app).split())
 
 
 class TestShell:
@@ -615,7 +607,7 @@ class TestSchedule:
 class TestStale:
     async def test_a_too_old_last_success_is_called_out(self, config_with_dms):
         from backup.config import update_config
-        from tui_fixtures import write_history
+        from tests.tui_fixtures import write_history
 
         write_history(config_with_dms)
         config = update_config(config_with_dms, {"schedule": {"enabled": True, "cron": "0 2 * * *",

@@ -17,7 +17,6 @@ import threading
 import tomllib
 from pathlib import Path
 
-import pytest
 from textual.strip import Strip
 from textual.widgets import Input, LoadingIndicator, Select
 
@@ -27,18 +26,16 @@ from backup.errors import BackupNotFoundError, StorageError
 from backup.service import BackupService
 from backup.storage import Entry, Usage
 from backup.storage.local import LocalStorage
-from tests.helpers import appliance_state
 from screens import storage_browser
 from screens.dialogs import ConfirmQuitScreen
 from screens.restore import ConfirmDeleteScreen, ConfirmRestoreScreen
 from screens.storage import StorageScreen
 from screens.storage_browser import PAGE_SIZE, BrowseLocation, StorageBrowser, local_location
-from tui_fixtures import (  # noqa: F401 - fixtures
-    FAST_KDF, PASSPHRASE, config, config_with_dms, demo_template, fixed_clock, make_app, screen_text,
-)
+from tests.helpers import appliance_state
+from tests.tui_fixtures import FAST_KDF, fixed_clock, make_app, screen_text, settle, shown
 from widgets.backup_details import BackupDetailsView
-from widgets.storage_tree import BACKUP, Row, StorageTree
 from widgets.storage_info import StorageInfo
+from widgets.storage_tree import BACKUP, Row, StorageTree
 
 SIZE = (100, 30)
 OTHER_DMS = "another appliance's secret"
@@ -117,16 +114,6 @@ def fake_location(storage: FakeStorage, start: str = "srv/appliance-backups") ->
 
 
 # ---------------------------------------------------------------- helpers
-
-
-async def settle(pilot) -> None:
-    for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
-
-
-def shown(app) -> str:
-    return " ".join(screen_text(app).split())
 
 
 def browser(app) -> StorageBrowser:
@@ -259,7 +246,7 @@ class TestStorageScreen:
         target.mkdir()
         app = make_app(config)
         async with app.run_test(size=SIZE) as pilot:
-            screen = await open_storage_screen(pilot)
+            await open_storage_screen(pilot)
             await set_input(pilot, "#local-path", str(target))
             await pilot.press("s")
             await settle(pilot)

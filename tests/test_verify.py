@@ -17,7 +17,7 @@ import pytest
 
 from backup.errors import ExitCode, IntegrityError, InterruptedRunError
 from backup.service import VERIFY_AUTHENTICATED, VERIFY_DEEP, BackupService
-from tests.conftest import run_cli
+from tests.common import run_cli
 from tests.helpers import sealed_backup
 from widgets.backup_details import detail_rows
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,7 @@ from backup.schedule import parse_slot_detail
 from backup.service import BackupService
 from backup.verifyjob import VerifyJobFailedError
 from tests.alert_servers import http_server
-from tests.conftest import FAST_KDF, PASSPHRASE, run_cli
+from tests.common import FAST_KDF, PASSPHRASE, run_cli
 from tests.test_daemon import FakeTime
 from tests.test_hooks import with_sections
 

@@ -16,15 +16,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from textual.worker import WorkerCancelled
 from textual.drivers.headless_driver import HeadlessDriver
 from textual.widgets import Static
+from textual.worker import WorkerCancelled
 
+from tests.tui_fixtures import FIXED_NOW, make_app, write_history
 from tui.app import BackupConsole
 from tui.terminal import ScreenDiff
-from tui_fixtures import (  # noqa: F401 - fixtures
-    FIXED_NOW, config, config_with_dms, demo_template, make_app, write_history,
-)
 
 SIZE = (80, 24)
 SWITCH_LIMIT = 4096

@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from backup.archive import ScryptParams
 from backup.config import Config, load_config
 from backup.demo import create_demo_appliance, write_appliance_config
 from backup.journal import RunJournal
 from backup.service import BackupService
 from backup.storage.local import LocalStorage
+from tests.common import FAST_KDF, PASSPHRASE  # noqa: F401 - the console tests' names for them
 from tui.app import BackupConsole
 
-FAST_KDF = ScryptParams(log2_n=10, r=8, p=1)
-PASSPHRASE = "correct horse battery staple"
 FIXED_NOW = datetime(2024, 6, 3, 9, 30, 0, tzinfo=timezone.utc)
 """The clock of every snapshot: timestamps and "ago" texts never change."""
 FIXED_STORAGE = "local directory /srv/appliance-backups"
@@ -93,3 +91,20 @@ def config_with_dms(config: Config) -> Config:
     """The demo appliance with its DMS set (at FIXED_NOW)."""
     BackupService(config, kdf_params=FAST_KDF, clock=fixed_clock).set_secret(PASSPHRASE)
     return config
+
+
+async def settle(pilot) -> None:
+    """Let every worker finish and every message they posted be handled (thrice: a result may start a refresh)."""
+    for _ in range(3):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+def shown(app: BackupConsole) -> str:
+    """The screen's words, with line breaks and runs of spaces folded (wrapped sentences stay whole)."""
+    return " ".join(screen_text(app).split())
+
+
+def text_of(app: BackupConsole, selector: str) -> str:
+    """The words one widget of the current screen renders."""
+    return " ".join(str(app.screen.query_one(selector).render()).split())
