@@ -163,8 +163,8 @@ def keep_freed_memory() -> None:
     A backup or restore allocates and frees a megabyte-sized buffer for every
     block it streams. By default glibc gives such memory back to the kernel
     soon after it is freed, so the next block lands on fresh pages the kernel
-    must fault in and zero again (restore, alternating runs: 5% less time;
-    backup: 0.1 s less system time). Buffers up to 32 MiB now come from the
+    must fault in and zero again (bench/backup_vs_peers.py shows the cost).
+    Buffers up to 32 MiB now come from the
     heap, and up to 64 MiB of freed memory stay there for reuse until the
     command ends. Only for the one-shot commands: the console and the daemon
     keep running and should hand memory back. Elsewhere than glibc nothing
