@@ -363,7 +363,7 @@ def _alone(live: Path) -> Iterator[sqlite3.Connection | None]:
                  and con.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete")
     except sqlite3.Error:  # another connection has it open (locked), or it does not open: copy instead
         alone = False
-    if not alone:
+    if not alone or con is None:
         if con is not None:
             con.close()
         yield None

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 _nesting = threading.local()
 
-RUN_EVENTS = {
+RUN_EVENTS: dict[tuple[str, str | None], str] = {
     ("backup", "ok"): "backup_succeeded",
     ("backup", "failed"): "backup_failed",
     ("backup", "interrupted"): "backup_failed",

@@ -80,11 +80,11 @@ PARTIAL_SUFFIX = ".partial"
 def open_storage(config: "Config") -> Storage:
     """The backend the configuration names."""
     kind = config.storage.type
-    if kind == "local":
+    if kind == "local" and config.storage.path is not None:  # config.py requires the path of a local storage
         from backup.storage.local import LocalStorage
 
         return LocalStorage(config.storage.path)
-    if kind == "none":
+    if kind in ("none", "local"):
         raise StorageError(
             "No backup storage is configured: choose a local directory or an NFS share on the Storage screen, "
             f"or set [storage] in {config.path}."
